@@ -1,0 +1,57 @@
+"""Inference preprocessing: the one definition shared by prediction, evaluation and export.
+
+An image is resized, keeping its aspect ratio, so that its long side fits the square network
+input; it is pasted at the top-left corner of a canvas filled with the normalisation mean, then
+normalised. This is the official EfficientDet eval transform (and effdet's ``ResizePad``): the
+resize is PIL bilinear, the scaled size is ``int(side * scale)``, the fill colour is
+``round(mean * 255)``.
+
+Boxes predicted on the canvas are mapped back to original pixels by dividing by ``scale``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def fill_color(mean: Sequence[float]) -> tuple[int, int, int]:
+    """The canvas colour (uint8 RGB) for a normalisation mean given in [0, 1]."""
+    return tuple(int(round(m * 255)) for m in mean)  # type: ignore[return-value]
+
+
+def letterbox(image: Image.Image, size: int | tuple[int, int], mean: Sequence[float]) -> tuple[np.ndarray, float]:
+    """Resize ``image`` (RGB PIL) to fit ``size`` and paste it top-left on a mean-filled canvas.
+
+    Args:
+        image: RGB PIL image of any size.
+        size: network input side (square) or (height, width).
+        mean: normalisation mean in [0, 1]; the canvas is filled with ``round(mean * 255)``.
+
+    Returns:
+        ``(canvas, scale)``: the HWC uint8 canvas and the factor from original to canvas pixels.
+    """
+    th, tw = (size, size) if isinstance(size, int) else size
+    w, h = image.size
+    scale = min(th / h, tw / w)
+    sw, sh = max(1, int(w * scale)), max(1, int(h * scale))
+    canvas = np.empty((th, tw, 3), dtype=np.uint8)
+    canvas[:] = fill_color(mean)
+    resized = image if (sw, sh) == (w, h) else image.resize((sw, sh), Image.BILINEAR)
+    canvas[:sh, :sw] = np.asarray(resized, dtype=np.uint8)[..., :3]
+    return canvas, scale
+
+
+def normalize(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 (B, H, W, 3) or (B, 3, H, W) -> float32 (B, 3, H, W) normalised with mean/std in [0, 1]."""
+    if batch.shape[-1] == 3 and batch.shape[1] != 3:
+        batch = batch.permute(0, 3, 1, 2)
+    m = torch.tensor(mean, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1) * 255.0
+    s = torch.tensor(std, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1) * 255.0
+    return (batch.float() - m) / s
