@@ -1,0 +1,94 @@
+"""``create_model``: a variant row + overrides + weights -> a ready :class:`EfficientDet`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .errors import WeightsError
+from .model.efficientdet import EfficientDet
+from .variants import ModelConfig, get_config
+from .weights import Checkpoint, architecture_mismatch, load_checkpoint
+
+
+def default_class_info(num_classes: int) -> tuple[list[str | None], list[int]]:
+    return [f"class{i}" for i in range(num_classes)], list(range(1, num_classes + 1))
+
+
+def create_model(
+    name: str | ModelConfig = "efficientdet_d0",
+    num_classes: int | None = None,
+    weights: str | Path | None = None,
+    pretrained_backbone: bool | str | Path = False,
+    class_names: list[str] | None = None,
+    category_ids: list[int] | None = None,
+    **overrides: object,
+) -> EfficientDet:
+    """Build a model, optionally loading weights.
+
+    Args:
+        name: a variant name or alias (see :func:`efficientdet.list_models`), ``phiN`` for compound
+            scaling, or a :class:`ModelConfig`.
+        num_classes: classes to predict. With ``weights`` of another class count, every tensor but
+            the class predictor is loaded and the predictor is re-initialised (fine-tuning).
+        weights: a local file (this project's checkpoint, or an effdet state_dict) or a published
+            name such as ``tf_efficientdet_d0`` (downloaded once, verified, cached).
+        pretrained_backbone: ImageNet backbone weights (``True`` downloads via timm; or a file).
+        class_names, category_ids: per-label names and original ids (kept in checkpoints).
+        overrides: any :class:`ModelConfig` field (``image_size``, ``feature_network``, ``fusion`` ...).
+
+    The model carries ``config``, ``class_names`` and ``category_ids`` attributes.
+    """
+    cfg = name if isinstance(name, ModelConfig) else get_config(name, **overrides)
+    ckpt: Checkpoint | None = load_checkpoint(weights) if weights is not None else None
+    if ckpt is not None:
+        if ckpt.config is not None:
+            clash = architecture_mismatch(ckpt.config, cfg.to_dict())
+            if clash:
+                raise WeightsError(
+                    f"{ckpt.path}: checkpoint is a different architecture than --model {cfg.name} ({clash}); "
+                    "pass the model it was trained as"
+                )
+            saved = ModelConfig.from_dict(ckpt.config)
+            keep = {k: v for k, v in overrides.items() if v is not None and k in ("image_size",)}
+            cfg = saved.replace(**keep) if keep else saved
+        else:
+            cfg = cfg.replace(num_classes=ckpt.num_classes)
+    model = EfficientDet(cfg, pretrained_backbone=pretrained_backbone if ckpt is None else False)
+    names, ids = default_class_info(cfg.num_classes)
+    if ckpt is not None:
+        load_state(model, ckpt)
+        names = ckpt.class_names or names
+        ids = ckpt.category_ids or ids
+    if num_classes is not None and num_classes != cfg.num_classes:
+        model.reset_classes(num_classes)
+        names, ids = default_class_info(num_classes)
+    model.class_names = list(class_names) if class_names is not None else list(names)
+    model.category_ids = list(category_ids) if category_ids is not None else list(ids)
+    if len(model.class_names) != model.config.num_classes or len(model.category_ids) != model.config.num_classes:
+        raise WeightsError(
+            f"{len(model.class_names)} class names / {len(model.category_ids)} category ids for "
+            f"{model.config.num_classes} classes; give one per class"
+        )
+    return model
+
+
+def load_state(model: EfficientDet, ckpt: Checkpoint) -> None:
+    """Strict load with one-line errors that say which model the file belongs to."""
+    wanted = model.state_dict()
+    missing = [k for k in wanted if k not in ckpt.state_dict]
+    unexpected = [k for k in ckpt.state_dict if k not in wanted]
+    shape = [k for k in wanted if k in ckpt.state_dict and ckpt.state_dict[k].shape != wanted[k].shape]
+    if missing or unexpected or shape:
+        detail = (
+            f"{len(missing)} missing (e.g. {missing[0]!r})" if missing
+            else f"{len(unexpected)} unexpected (e.g. {unexpected[0]!r})" if unexpected
+            else f"shape of {shape[0]!r} is {tuple(ckpt.state_dict[shape[0]].shape)}, model has {tuple(wanted[shape[0]].shape)}"
+        )
+        raise WeightsError(
+            f"{ckpt.path}: weights do not fit --model {model.config.name} ({detail}); "
+            "pass the model these weights were made for"
+        )
+    with torch.no_grad():
+        model.load_state_dict(ckpt.state_dict, strict=True)

@@ -1,0 +1,74 @@
+"""The EfficientDet network: backbone -> feature network -> shared class/box heads.
+
+``forward`` is the same in training and inference and returns raw outputs only; the loss
+(:mod:`efficientdet.loss`) and post-processing (:mod:`efficientdet.postprocess`) are separate.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..variants import ModelConfig
+from .backbone import create_backbone
+from .bifpn import FeatureNetwork
+from .heads import box_head, class_head, reset_class_head
+
+
+class EfficientDet(nn.Module):
+    """EfficientDet for one :class:`ModelConfig` row.
+
+    ``forward(images)`` takes normalised images (B, 3, H, W), H and W divisible by
+    ``2 ** max_level`` for the published geometry, and returns ``(cls_logits, box_deltas)``: two
+    lists with one tensor per level P_min..P_max, shaped (B, A * C, H_l, W_l) and (B, A * 4, H_l, W_l).
+    Channel index = anchor * C + class and anchor * 4 + coordinate, coordinates (tx, ty, tw, th);
+    :func:`flatten_outputs` turns them into (B, ΣHWA, C) and (B, ΣHWA, 4) in anchor order
+    (level, y, x, anchor), the order of :func:`efficientdet.anchors.generate_anchors`.
+    """
+
+    def __init__(self, config: ModelConfig, pretrained_backbone: bool | str | Path = False) -> None:
+        super().__init__()
+        self.config = config.validate()
+        self.backbone = create_backbone(config.backbone, config.backbone_drop_path, pretrained_backbone)
+        channels = list(self.backbone.feature_info.channels())
+        self.fpn = FeatureNetwork(config, channels)
+        args = (config.fpn_channels, config.head_layers, config.num_levels, config.num_anchors)
+        self.class_net = class_head(*args, config.num_classes, config.act, config.conv_bias)
+        self.box_net = box_head(*args, config.act, config.conv_bias)
+        self._init_feature_network()
+
+    def _init_feature_network(self) -> None:
+        for m in self.fpn.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        feats = self.fpn(self.backbone(images))
+        return self.class_net(feats), self.box_net(feats)
+
+    def reset_classes(self, num_classes: int) -> None:
+        """New class predictor for ``num_classes`` (fine-tuning); everything else is kept."""
+        reset_class_head(self.class_net, self.config.num_anchors, num_classes)
+        self.config = self.config.replace(num_classes=num_classes)
+
+    def freeze_backbone(self, frozen: bool = True) -> None:
+        for p in self.backbone.parameters():
+            p.requires_grad_(not frozen)
+
+
+def flatten_outputs(
+    cls_logits: list[torch.Tensor], box_deltas: list[torch.Tensor], num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-level head outputs -> (B, N, C) logits and (B, N, 4) deltas, N = ΣH_l W_l A."""
+    b = cls_logits[0].shape[0]
+    cls = torch.cat([x.permute(0, 2, 3, 1).reshape(b, -1, num_classes) for x in cls_logits], dim=1)
+    box = torch.cat([x.permute(0, 2, 3, 1).reshape(b, -1, 4) for x in box_deltas], dim=1)
+    return cls, box
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

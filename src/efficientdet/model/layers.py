@@ -1,0 +1,62 @@
+"""Small building blocks shared by the feature network and the heads."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.01  # PyTorch convention (TF's 0.99)
+
+
+def batch_norm(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+def activation(name: str) -> nn.Module:
+    """``silu`` (swish), ``relu6`` (Lite) or ``relu``."""
+    return {"silu": nn.SiLU, "relu6": nn.ReLU6, "relu": nn.ReLU}[name](inplace=True)
+
+
+class SeparableConv(nn.Module):
+    """Depthwise 3x3 (no bias) -> pointwise 1x1 (optional bias) -> optional BN. No activation.
+
+    A 3x3 stride-1 convolution with TF "same" padding pads 1 on every side, so plain padding=1
+    matches the TF checkpoints.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool, norm: bool) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels, bias=False)
+        self.pw = nn.Conv2d(in_channels, out_channels, 1, bias=bias)
+        self.bn = batch_norm(out_channels) if norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.pw(self.dw(x)))
+
+
+class Projection(nn.Module):
+    """1x1 conv + BN that brings a feature map to the feature-network width."""
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=bias)
+        self.bn = batch_norm(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+
+def max_pool_same(x: torch.Tensor) -> torch.Tensor:
+    """3x3 stride-2 max pooling with TF "same" padding: output = ceil(input / 2).
+
+    TF pads ``total = max((ceil(n/2) - 1) * 2 + 3 - n, 0)`` with the smaller half first, i.e. only
+    on the bottom/right for even sizes; PyTorch's symmetric ``padding=1`` would shift the windows.
+    """
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    ph = max(((h + 1) // 2 - 1) * 2 + 3 - h, 0)
+    pw = max(((w + 1) // 2 - 1) * 2 + 3 - w, 0)
+    if ph or pw:
+        x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2], value=float("-inf"))
+    return F.max_pool2d(x, 3, 2)
