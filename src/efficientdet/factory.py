@@ -82,9 +82,12 @@ def load_state(model: EfficientDet, ckpt: Checkpoint) -> None:
     shape = [k for k in wanted if k in ckpt.state_dict and ckpt.state_dict[k].shape != wanted[k].shape]
     if missing or unexpected or shape:
         detail = (
-            f"{len(missing)} missing (e.g. {missing[0]!r})" if missing
-            else f"{len(unexpected)} unexpected (e.g. {unexpected[0]!r})" if unexpected
-            else f"shape of {shape[0]!r} is {tuple(ckpt.state_dict[shape[0]].shape)}, model has {tuple(wanted[shape[0]].shape)}"
+            f"{len(missing)} missing (e.g. {missing[0]!r})"
+            if missing
+            else f"{len(unexpected)} unexpected (e.g. {unexpected[0]!r})"
+            if unexpected
+            else f"shape of {shape[0]!r} is {tuple(ckpt.state_dict[shape[0]].shape)}, "
+            f"model has {tuple(wanted[shape[0]].shape)}"
         )
         raise WeightsError(
             f"{ckpt.path}: weights do not fit --model {model.config.name} ({detail}); "

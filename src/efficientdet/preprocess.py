@@ -54,4 +54,4 @@ def normalize(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) 
         batch = batch.permute(0, 3, 1, 2)
     m = torch.tensor(mean, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1) * 255.0
     s = torch.tensor(std, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1) * 255.0
-    return (batch.float() - m) / s
+    return ((batch.float() - m) / s).contiguous()

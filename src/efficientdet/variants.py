@@ -97,7 +97,7 @@ class ModelConfig:
         if self.image_size < 2**self.max_level:
             raise ConfigError(
                 f"image_size={self.image_size} is smaller than the coarsest stride 2**{self.max_level}; "
-                f"use at least {2 ** self.max_level}"
+                f"use at least {2**self.max_level}"
             )
         return self
 

@@ -19,7 +19,6 @@ import os
 import re
 import socket
 import tempfile
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,7 +173,11 @@ def _torch_load(path: Path) -> object:
         raise WeightsError(f"{path}: weights file not found; check the path") from exc
     except Exception as exc:
         text = str(exc)
-        if "Weights only load failed" in text or "Unsupported global" in text or "UnpicklingError" in type(exc).__name__:
+        if (
+            "Weights only load failed" in text
+            or "Unsupported global" in text
+            or "UnpicklingError" in type(exc).__name__
+        ):
             raise WeightsError(
                 f"{path}: refused to load: the file contains Python objects or code, not just tensors "
                 "(loading runs with weights_only=True); re-save it as a plain state_dict from a trusted source"
@@ -208,8 +211,9 @@ def load_checkpoint(spec: str | Path) -> Checkpoint:
         tensors, meta = _load_safetensors(path)
         if meta.get("format") == FORMAT:
             info = json.loads(meta.get("info", "{}"))
-            return Checkpoint(tensors, path, FORMAT, info.get("config"), info.get("class_names"),
-                              info.get("category_ids"))
+            return Checkpoint(
+                tensors, path, FORMAT, info.get("config"), info.get("class_names"), info.get("category_ids")
+            )
         obj: object = tensors
     else:
         obj = _torch_load(path)
@@ -218,14 +222,15 @@ def load_checkpoint(spec: str | Path) -> Checkpoint:
     if obj.get("format") == FORMAT:
         if not isinstance(obj.get("model"), dict):
             raise WeightsError(f"{path}: checkpoint has no 'model' weights; it is incomplete: use another checkpoint")
-        return Checkpoint(obj["model"], path, FORMAT, obj.get("config"), obj.get("class_names"),
-                          obj.get("category_ids"), extra=obj)
+        return Checkpoint(
+            obj["model"], path, FORMAT, obj.get("config"), obj.get("class_names"), obj.get("category_ids"), extra=obj
+        )
     if "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]
     if all(isinstance(v, torch.Tensor) for v in obj.values()) and is_effdet_state_dict(obj):
-        names, ids = (coco90_classes() if published_file(path.name) else (None, None))
+        names, ids = coco90_classes() if published_file(path.name) else (None, None)
         return Checkpoint(convert_effdet_state_dict(obj), path, "effdet", None, names, ids)
     if all(isinstance(v, torch.Tensor) for v in obj.values()) and "class_net.predict.pw.bias" in obj:
         return Checkpoint(obj, path, FORMAT)
@@ -237,7 +242,10 @@ def load_checkpoint(spec: str | Path) -> Checkpoint:
 
 _EFFDET_RULES = [
     (r"^fpn\.cell\.(\d+)\.fnode\.(\d+)\.combine\.edge_weights$", r"fpn.layers.\1.nodes.\2.fusion.weight"),
-    (r"^fpn\.cell\.(\d+)\.fnode\.(\d+)\.combine\.resample\.(\d+)\.conv\.(conv|bn)\.", r"fpn.layers.\1.nodes.\2.inputs.\3.\4."),
+    (
+        r"^fpn\.cell\.(\d+)\.fnode\.(\d+)\.combine\.resample\.(\d+)\.conv\.(conv|bn)\.",
+        r"fpn.layers.\1.nodes.\2.inputs.\3.\4.",
+    ),
     (r"^fpn\.cell\.(\d+)\.fnode\.(\d+)\.after_combine\.conv\.conv_(dw|pw)\.", r"fpn.layers.\1.nodes.\2.conv.\3."),
     (r"^fpn\.cell\.(\d+)\.fnode\.(\d+)\.after_combine\.conv\.bn\.", r"fpn.layers.\1.nodes.\2.conv.bn."),
     (r"^(class_net|box_net)\.conv_rep\.(\d+)\.conv_(dw|pw)\.", r"\1.convs.\2.\3."),
@@ -304,8 +312,11 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, extra: dict | None
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
 
-            save_file({k: v.contiguous() for k, v in state.items()}, tmp,
-                      metadata={"format": FORMAT, "info": json.dumps(info)})
+            save_file(
+                {k: v.contiguous() for k, v in state.items()},
+                tmp,
+                metadata={"format": FORMAT, "info": json.dumps(info)},
+            )
         else:
             torch.save({"format": FORMAT, "version": 1, "model": state, **info, **(extra or {})}, tmp)
         with open(tmp, "rb") as f:
@@ -319,8 +330,18 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, extra: dict | None
 
 def architecture_mismatch(a: dict, b: dict) -> str | None:
     """The first architecture field that differs between two config dicts, formatted, or None."""
-    for key in ("backbone", "fpn_channels", "fpn_layers", "head_layers", "feature_network", "fusion",
-                "min_level", "max_level", "num_scales", "conv_bias"):
+    for key in (
+        "backbone",
+        "fpn_channels",
+        "fpn_layers",
+        "head_layers",
+        "feature_network",
+        "fusion",
+        "min_level",
+        "max_level",
+        "num_scales",
+        "conv_bias",
+    ):
         if key in a and key in b and a[key] != b[key]:
             return f"{key} {a[key]!r} vs {b[key]!r}"
     return None

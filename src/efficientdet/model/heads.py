@@ -23,7 +23,9 @@ class Head(nn.Module):
         self, channels: int, num_layers: int, num_levels: int, num_outputs: int, act: str, conv_bias: bool
     ) -> None:
         super().__init__()
-        self.convs = nn.ModuleList(SeparableConv(channels, channels, bias=conv_bias, norm=False) for _ in range(num_layers))
+        self.convs = nn.ModuleList(
+            SeparableConv(channels, channels, bias=conv_bias, norm=False) for _ in range(num_layers)
+        )
         # norms[layer][level]
         self.norms = nn.ModuleList(
             nn.ModuleList(batch_norm(channels) for _ in range(num_levels)) for _ in range(num_layers)
@@ -51,8 +53,9 @@ def init_head(head: Head, prior_bias: bool) -> None:
         nn.init.constant_(head.predict.pw.bias, -math.log((1 - PRIOR_PROBABILITY) / PRIOR_PROBABILITY))
 
 
-def class_head(channels: int, num_layers: int, num_levels: int, num_anchors: int, num_classes: int, act: str,
-               conv_bias: bool) -> Head:
+def class_head(
+    channels: int, num_layers: int, num_levels: int, num_anchors: int, num_classes: int, act: str, conv_bias: bool
+) -> Head:
     head = Head(channels, num_layers, num_levels, num_anchors * num_classes, act, conv_bias)
     init_head(head, prior_bias=True)
     return head
@@ -72,5 +75,3 @@ def reset_class_head(head: Head, num_anchors: int, num_classes: int) -> None:
     head.predict.dw.load_state_dict(old.dw.state_dict())
     nn.init.normal_(head.predict.pw.weight, std=0.01)
     nn.init.constant_(head.predict.pw.bias, -math.log((1 - PRIOR_PROBABILITY) / PRIOR_PROBABILITY))
-
-

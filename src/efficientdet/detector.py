@@ -1,0 +1,217 @@
+"""``Detector``: the one place where inference is defined.
+
+image(s) -> preprocess (letterbox + normalise) -> EfficientDet -> anchors + box decoding ->
+post-processing -> :class:`Detections` in original-image pixels. Prediction, evaluation, the
+benchmark and export all go through this class.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .anchors import generate_anchors
+from .errors import ConfigError
+from .factory import create_model
+from .images import to_pil
+from .model.efficientdet import EfficientDet, flatten_outputs
+from .postprocess import PostprocessConfig, Postprocessor
+from .preprocess import letterbox, normalize
+
+ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
+
+
+@dataclass
+class Detections:
+    """Detections of one image.
+
+    Attributes:
+        boxes: (n, 4) float32 xyxy in original-image pixels.
+        scores: (n,) float32 in [0, 1], descending.
+        labels: (n,) int64, 0-based class index of the model.
+        names: class name per detection. category_ids: (n,) original category id per detection.
+        image_size: original (width, height). source: the file it came from, if any.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    names: list[str]
+    category_ids: np.ndarray
+    image_size: tuple[int, int]
+    source: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def to_coco(self, file_name: str | None = None, image_id: int | None = None) -> list[dict]:
+        """COCO results records: bbox [x, y, w, h] in original pixels, the weights' category ids."""
+        name = file_name if file_name is not None else self.source
+        out = []
+        for box, score, cid, cname in zip(
+            self.boxes.tolist(), self.scores.tolist(), self.category_ids.tolist(), self.names
+        ):
+            rec = {
+                "bbox": [round(box[0], 3), round(box[1], 3), round(box[2] - box[0], 3), round(box[3] - box[1], 3)],
+                "score": round(float(score), 5),
+                "category_id": int(cid),
+                "category_name": cname,
+            }
+            if image_id is not None:
+                rec["image_id"] = image_id
+            if name is not None:
+                rec["file_name"] = name
+            out.append(rec)
+        return out
+
+    def counts(self) -> dict[str, int]:
+        """Detections per class name, most frequent first."""
+        counts: dict[str, int] = {}
+        for n in self.names:
+            counts[n] = counts.get(n, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+class Detector:
+    """Detect objects in images with an EfficientDet model.
+
+    Args:
+        model: a variant name (``efficientdet_d0``, ``d0`` ...) or a built :class:`EfficientDet`.
+        weights: checkpoint path or published name (see :func:`efficientdet.create_model`).
+        device: ``cpu``, ``cuda`` or a torch device.
+        score_threshold, iou_threshold, max_det, soft_nms, topk: post-processing settings.
+        image_size: override the network input size (multiple of 128 for the official geometry).
+    """
+
+    def __init__(
+        self,
+        model: str | EfficientDet = "efficientdet_d0",
+        weights: str | Path | None = None,
+        device: str | torch.device = "cpu",
+        score_threshold: float = 0.25,
+        iou_threshold: float = 0.5,
+        max_det: int = 100,
+        soft_nms: bool = False,
+        topk: int = 5000,
+        image_size: int | None = None,
+        num_classes: int | None = None,
+    ) -> None:
+        for name, value, lo, hi in (
+            ("score_threshold", score_threshold, 0.0, 1.0),
+            ("iou_threshold", iou_threshold, 0.0, 1.0),
+        ):
+            if not lo <= value <= hi:
+                raise ConfigError(f"{name}={value} must be in [{lo}, {hi}]")
+        if max_det <= 0:
+            raise ConfigError(f"max_det={max_det} must be a positive integer")
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device cuda requested but no CUDA GPU is available; use --device cpu")
+        if isinstance(model, EfficientDet):
+            self.model = model
+        else:
+            self.model = create_model(model, weights=weights, num_classes=num_classes, image_size=image_size)
+        self.model.eval().to(self.device)
+        self.config = self.model.config
+        self.image_size = self.config.image_size
+        self.class_names: list[str | None] = list(
+            getattr(self.model, "class_names", []) or [f"class{i}" for i in range(self.config.num_classes)]
+        )
+        self.category_ids: list[int] = list(
+            getattr(self.model, "category_ids", []) or range(1, self.config.num_classes + 1)
+        )
+        self.postprocess = Postprocessor(PostprocessConfig(score_threshold, iou_threshold, max_det, topk, soft_nms))
+        cfg = self.config
+        self.anchors = generate_anchors(
+            self.image_size, cfg.min_level, cfg.max_level, cfg.anchor_scale, cfg.num_scales, cfg.aspect_ratios
+        ).to(self.device)
+        unused = [n is None for n in self.class_names]
+        self.class_mask = torch.tensor([not u for u in unused], device=self.device) if any(unused) else None
+
+    # -- stages -----------------------------------------------------------------------------------
+    def preprocess(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """RGB PIL images -> (normalised (B, 3, S, S), scales (B,), original (h, w) sizes (B, 2))."""
+        canvases, scales, sizes = [], [], []
+        for img in images:
+            canvas, scale = letterbox(img, self.image_size, self.config.mean)
+            canvases.append(torch.from_numpy(canvas))
+            scales.append(scale)
+            sizes.append((img.height, img.width))
+        batch = normalize(torch.stack(canvases).to(self.device), self.config.mean, self.config.std)
+        return batch, torch.tensor(scales, dtype=torch.float64), torch.tensor(sizes)
+
+    @torch.inference_mode()
+    def forward_network(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised batch -> flattened (B, N, C) logits and (B, N, 4) deltas."""
+        cls, box = self.model(batch)
+        return flatten_outputs(cls, box, self.config.num_classes)
+
+    @torch.inference_mode()
+    def detect_batch(self, images: Sequence[Image.Image]) -> list[dict[str, torch.Tensor]]:
+        batch, scales, sizes = self.preprocess(images)
+        cls, box = self.forward_network(batch)
+        return self.postprocess(cls, box, self.anchors, scales.to(self.device), sizes.to(self.device), self.class_mask)
+
+    # -- public -----------------------------------------------------------------------------------
+    def __call__(self, images: ImageInput | Iterable[ImageInput], batch_size: int = 8) -> list[Detections]:
+        """Detect in one image or many; always returns a list of :class:`Detections` in input order."""
+        if batch_size <= 0:
+            raise ConfigError(f"batch_size={batch_size} must be a positive integer")
+        items = [images] if _is_single(images) else list(images)  # type: ignore[arg-type]
+        results: list[Detections] = []
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            results.extend(self._run(chunk))
+        return results
+
+    def _run(self, chunk: list[ImageInput]) -> list[Detections]:
+        t0 = time.perf_counter()
+        pils = [to_pil(x) for x in chunk]
+        batch, scales, sizes = self.preprocess(pils)
+        t1 = time.perf_counter()
+        cls, box = self.forward_network(batch)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        with torch.inference_mode():
+            outs = self.postprocess(
+                cls, box, self.anchors, scales.to(self.device), sizes.to(self.device), self.class_mask
+            )
+        t3 = time.perf_counter()
+        n = len(chunk)
+        timings = {
+            "preprocess_ms": (t1 - t0) * 1e3 / n,
+            "inference_ms": (t2 - t1) * 1e3 / n,
+            "postprocess_ms": (t3 - t2) * 1e3 / n,
+        }
+        dets = []
+        for src, img, out in zip(chunk, pils, outs):
+            labels = out["labels"].cpu().numpy().astype(np.int64)
+            dets.append(
+                Detections(
+                    boxes=out["boxes"].cpu().numpy().astype(np.float32),
+                    scores=out["scores"].cpu().numpy().astype(np.float32),
+                    labels=labels,
+                    names=[str(self.class_names[i]) for i in labels],
+                    category_ids=np.asarray([self.category_ids[i] for i in labels], dtype=np.int64),
+                    image_size=(img.width, img.height),
+                    source=str(src) if isinstance(src, str | Path) else None,
+                    timings=dict(timings),
+                )
+            )
+        return dets
+
+
+def _is_single(x: object) -> bool:
+    if isinstance(x, str | Path | Image.Image):
+        return True
+    if isinstance(x, np.ndarray | torch.Tensor):
+        return x.ndim in (2, 3)
+    return False

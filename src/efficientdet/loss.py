@@ -1,0 +1,158 @@
+"""EfficientDet training loss: sigmoid focal loss + Huber box loss (official definition).
+
+For a batch with ``P`` positive anchors in total (targets from :func:`efficientdet.matcher.match_anchors`):
+
+- classification: sigmoid focal loss (``alpha``, ``gamma``) over every non-ignored anchor and every
+  class against one-hot targets (negatives: all zeros), summed and divided by ``P + 1``;
+- box: Huber loss (``delta``, TF definition ``0.5 x^2`` if ``|x| <= delta`` else
+  ``delta (|x| - delta / 2)``) on the 4 deltas of positive anchors, summed, divided by ``(P + 1) * 4``;
+- total = cls + ``box_weight`` * box.
+
+All arithmetic is float32 whatever the input dtype (bf16/fp16 autocast safe). The focal term is written
+in log space (``softplus`` / ``logsigmoid``), so it stays finite and accurate for large logits, and
+:class:`DetectionLoss` never materialises the (B, N, C) one-hot targets: it sums the target-0 term over
+all entries and swaps in the target-1 term at the P positive entries.
+
+Difference from effdet 0.4.1: effdet masks the box loss with ``box_targets != 0`` element-wise, so a
+positive anchor whose target delta is exactly 0 (e.g. a box centred exactly on the anchor centre) gets
+no loss on that coordinate; here every coordinate of every positive anchor counts.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def focal_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    alpha: float = 0.25,
+    gamma: float = 1.5,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Element-wise sigmoid focal loss (no reduction, no normalisation), computed in float32.
+
+    ``logits`` and ``targets`` (in {0, 1}) share any shape. Loss =
+    ``a_t * (1 - p_t) ** gamma * BCE(logits, t')`` with ``p = sigmoid(logits)``, ``p_t = p`` for target 1
+    and ``1 - p`` for target 0, ``a_t = alpha`` / ``1 - alpha``, and ``t'`` the targets smoothed towards
+    0.5 by ``label_smoothing`` (the modulating factor uses the unsmoothed targets, as the official code).
+    """
+    x = logits.float()
+    t = targets.float()
+    # 1 - p_t, written with sigmoid(-x) so it does not cancel to 0 for large positive logits.
+    one_minus_pt = t * torch.sigmoid(-x) + (1.0 - t) * torch.sigmoid(x)
+    alpha_t = t * alpha + (1.0 - t) * (1.0 - alpha)
+    if label_smoothing > 0:
+        t = t * (1.0 - label_smoothing) + 0.5 * label_smoothing
+    ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+    return alpha_t * one_minus_pt.pow(gamma) * ce
+
+
+def huber_loss(input: torch.Tensor, target: torch.Tensor, delta: float = 0.1) -> torch.Tensor:
+    """Element-wise Huber loss (TF definition, not divided by delta), computed in float32.
+
+    ``0.5 * x**2`` where ``|x| <= delta``, else ``delta * (|x| - 0.5 * delta)``, with ``x = input - target``.
+    """
+    abs_err = (input.float() - target.float()).abs()
+    quadratic = abs_err.clamp(max=delta)
+    return 0.5 * quadratic * quadratic + delta * (abs_err - quadratic)
+
+
+def _focal_terms(
+    x: torch.Tensor, positive: bool, alpha: float, gamma: float, label_smoothing: float
+) -> torch.Tensor:
+    """:func:`focal_loss` of float32 logits ``x`` for the constant target 1 (``positive``) or 0.
+
+    Log-space form: ``(1 - p_t) ** gamma = exp(gamma * logsigmoid(-+x))`` and the (smoothed) BCE is
+    ``softplus(-+x) +- 0.5 * label_smoothing * x``; finite for any finite logit.
+    """
+    s = -x if positive else x  # (1 - p_t) = sigmoid(s), BCE = softplus(s) - 0.5 * ls * s
+    weight = alpha if positive else 1.0 - alpha
+    ce = F.softplus(s)
+    if label_smoothing > 0:
+        ce = ce - 0.5 * label_smoothing * s
+    return weight * torch.exp(gamma * F.logsigmoid(s)) * ce
+
+
+class DetectionLoss(nn.Module):
+    """EfficientDet loss over flattened anchors (see the module docstring).
+
+    Args:
+        num_classes: C, the number of classes (logit channels per anchor).
+        alpha, gamma: focal loss parameters (official 0.25, 1.5).
+        delta: Huber transition point in delta units (official 0.1).
+        box_weight: weight of the box loss in the total (official 50).
+        label_smoothing: smoothing of the classification targets towards 0.5 (official 0).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        alpha: float = 0.25,
+        gamma: float = 1.5,
+        delta: float = 0.1,
+        box_weight: float = 50.0,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.num_classes = int(num_classes)
+        self.alpha = float(alpha)
+        self.gamma = float(gamma)
+        self.delta = float(delta)
+        self.box_weight = float(box_weight)
+        self.label_smoothing = float(label_smoothing)
+
+    def forward(
+        self,
+        cls_logits: torch.Tensor,
+        box_deltas: torch.Tensor,
+        cls_targets: torch.Tensor,
+        box_targets: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """Compute the loss.
+
+        Args:
+            cls_logits: (B, N, C) class logits, any float dtype.
+            box_deltas: (B, N, 4) predicted deltas ``(tx, ty, tw, th)``.
+            cls_targets: (B, N) int, 0-based class for positives, -1 negative, -2 ignored.
+            box_targets: (B, N, 4) target deltas ``(tx, ty, tw, th)`` (used where positive only).
+
+        Returns:
+            ``{"loss", "cls_loss", "box_loss", "num_positives"}``: float32 scalars; ``num_positives``
+            is P (the +1 of the normaliser is not included).
+        """
+        b, n, c = cls_logits.shape
+        if c != self.num_classes:
+            raise ValueError(f"DetectionLoss: cls_logits have {c} classes, expected {self.num_classes}")
+        if box_deltas.shape != (b, n, 4) or box_targets.shape != (b, n, 4) or cls_targets.shape != (b, n):
+            raise ValueError(
+                "DetectionLoss: shape mismatch: cls_logits "
+                f"{tuple(cls_logits.shape)}, box_deltas {tuple(box_deltas.shape)}, cls_targets "
+                f"{tuple(cls_targets.shape)}, box_targets {tuple(box_targets.shape)}"
+            )
+        positive = cls_targets >= 0  # (B, N)
+        not_ignored = cls_targets != -2
+        num_positives = positive.sum().float()
+        normaliser = num_positives + 1.0
+
+        # Focal loss without materialising one-hot targets: the t=0 term over every element, then
+        # swap in the t=1 term at the (anchor, true class) entries of the positives.
+        x = cls_logits.float()
+        per_anchor = _focal_terms(x, False, self.alpha, self.gamma, self.label_smoothing).sum(dim=-1)
+        cls_sum = torch.where(not_ignored, per_anchor, 0.0).sum()
+        x_pos = x.gather(2, cls_targets.clamp(min=0).long()[..., None])[..., 0][positive]  # (P,)
+        pos = _focal_terms(x_pos, True, self.alpha, self.gamma, self.label_smoothing)
+        neg = _focal_terms(x_pos, False, self.alpha, self.gamma, self.label_smoothing)
+        cls_loss = (cls_sum + (pos - neg).sum()) / normaliser
+
+        box_elem = huber_loss(box_deltas, box_targets, self.delta)  # (B, N, 4)
+        box_loss = torch.where(positive[..., None], box_elem, 0.0).sum() / (normaliser * 4.0)
+
+        return {
+            "loss": cls_loss + self.box_weight * box_loss,
+            "cls_loss": cls_loss,
+            "box_loss": box_loss,
+            "num_positives": num_positives,
+        }

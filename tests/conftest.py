@@ -1,0 +1,38 @@
+"""Shared fixtures. Tests run offline: nothing is downloaded."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("EFFICIENTDET_OFFLINE", "1")
+
+
+def make_photo(path: Path, width: int, height: int, seed: int = 0) -> Path:
+    """A smooth, textured RGB image (not noise) so that resizing is meaningful."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    img = np.zeros((height, width, 3), np.float32)
+    for c in range(3):
+        fx, fy, ph = rng.uniform(0.01, 0.08), rng.uniform(0.01, 0.08), rng.uniform(0, 6.28)
+        img[..., c] = 127 + 100 * np.sin(xx * fx + ph) * np.cos(yy * fy)
+    for _ in range(4):  # a few solid rectangles
+        x0, y0 = rng.integers(0, width - 10), rng.integers(0, height - 10)
+        img[y0 : y0 + rng.integers(5, height // 2), x0 : x0 + rng.integers(5, width // 2)] = rng.uniform(0, 255, 3)
+    Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture
+def photo_files(tmp_path: Path) -> list[Path]:
+    """Three real image files of different sizes and formats."""
+    return [
+        make_photo(tmp_path / "wide.jpg", 320, 200, 1),
+        make_photo(tmp_path / "tall.png", 150, 260, 2),
+        make_photo(tmp_path / "square.jpg", 128, 128, 3),
+    ]
