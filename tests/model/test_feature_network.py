@@ -1,0 +1,62 @@
+"""Feature-network node tables and fusion math, checked by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from efficientdet.model.bifpn import Fusion, Node, bifpn_nodes, fpn_nodes, panet_nodes
+from efficientdet.model.layers import max_pool_same
+
+
+def test_bifpn_node_table_p3_p7():
+    assert bifpn_nodes(3, 7) == [
+        Node(6, (3, 4)), Node(5, (2, 5)), Node(4, (1, 6)), Node(3, (0, 7)),
+        Node(4, (1, 7, 8)), Node(5, (2, 6, 9)), Node(6, (3, 5, 10)), Node(7, (4, 11)),
+    ]  # fmt: skip
+
+
+def test_bifpn_node_table_p3_p8_has_ten_nodes():
+    nodes = bifpn_nodes(3, 8)
+    assert len(nodes) == 10
+    assert nodes[0] == Node(7, (4, 5)) and nodes[-1] == Node(8, (5, 14))
+
+
+def test_fpn_and_panet_tables():
+    assert fpn_nodes(3, 5) == [Node(5, (2,)), Node(4, (1, 3)), Node(3, (0, 4))]
+    assert panet_nodes(3, 5) == [
+        Node(5, (2,)), Node(4, (1, 3)), Node(3, (0, 4)),
+        Node(3, (5,)), Node(4, (4, 6)), Node(5, (3, 7)),
+    ]  # fmt: skip
+
+
+def test_fast_fusion_by_hand():
+    f = Fusion(2, "fast")
+    a, b = torch.full((1, 1, 2, 2), 1.0), torch.full((1, 1, 2, 2), 3.0)
+    torch.testing.assert_close(f([a, b]), torch.full((1, 1, 2, 2), 4.0 / (2 + 1e-4)))
+    with torch.no_grad():
+        f.weight.copy_(torch.tensor([-1.0, 2.0]))  # relu -> (0, 2)
+    torch.testing.assert_close(f([a, b]), torch.full((1, 1, 2, 2), 6.0 / (2 + 1e-4)))
+
+
+def test_softmax_and_sum_fusion_by_hand():
+    f = Fusion(2, "softmax")
+    with torch.no_grad():
+        f.weight.copy_(torch.tensor([0.0, math.log(3.0)]))  # softmax -> (0.25, 0.75)
+    a, b = torch.full((1, 1, 1, 1), 1.0), torch.full((1, 1, 1, 1), 3.0)
+    torch.testing.assert_close(f([a, b]), torch.full((1, 1, 1, 1), 0.25 + 2.25))
+    s = Fusion(3, "sum")
+    assert s.weight is None
+    assert s([a, b, b]).item() == 7.0
+
+
+@pytest.mark.parametrize(("n", "out"), [(8, 4), (7, 4), (5, 3), (1, 1)])
+def test_max_pool_same_matches_tf_padding(n, out):
+    x = torch.arange(n * n, dtype=torch.float32).view(1, 1, n, n)
+    y = max_pool_same(x)
+    assert y.shape[-1] == out
+    if n == 8:  # TF pads only at the bottom/right for even sizes: window of output 0 is rows/cols 0..2
+        assert y[0, 0, 0, 0].item() == x[0, 0, 2, 2].item()
+        assert y[0, 0, -1, -1].item() == x[0, 0, 7, 7].item()
