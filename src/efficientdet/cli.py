@@ -121,7 +121,8 @@ def expand_sources(sources: list[str]) -> tuple[list[tuple[Path, str]], list[str
 
 
 def _add_model_options(p: argparse.ArgumentParser, weights_required: bool = False) -> None:
-    p.add_argument("--model", default="efficientdet_d0", help="variant name (see 'efficientdet models'); default d0")
+    p.add_argument("--model", default=None,
+                   help="variant name (see 'efficientdet models'); default: the one saved in --weights, else d0")
     p.add_argument("--weights", required=weights_required,
                    help="checkpoint file (this project's or effdet's) or a published name, e.g. tf_efficientdet_d0")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")

@@ -17,7 +17,7 @@ def default_class_info(num_classes: int) -> tuple[list[str | None], list[int]]:
 
 
 def create_model(
-    name: str | ModelConfig = "efficientdet_d0",
+    name: str | ModelConfig | None = "efficientdet_d0",
     num_classes: int | None = None,
     weights: str | Path | None = None,
     pretrained_backbone: bool | str | Path = False,
@@ -29,7 +29,8 @@ def create_model(
 
     Args:
         name: a variant name or alias (see :func:`efficientdet.list_models`), ``phiN`` for compound
-            scaling, or a :class:`ModelConfig`.
+            scaling, or a :class:`ModelConfig`. With this project's checkpoints the saved config
+            defines the architecture (``name`` may be ``None``); naming another variant is an error.
         num_classes: classes to predict. With ``weights`` of another class count, every tensor but
             the class predictor is loaded and the predictor is re-initialised (fine-tuning).
         weights: a local file (this project's checkpoint, or an effdet state_dict) or a published
@@ -40,20 +41,23 @@ def create_model(
 
     The model carries ``config``, ``class_names`` and ``category_ids`` attributes.
     """
-    cfg = name if isinstance(name, ModelConfig) else get_config(name, **overrides)
     ckpt: Checkpoint | None = load_checkpoint(weights) if weights is not None else None
-    if ckpt is not None:
-        if ckpt.config is not None:
-            clash = architecture_mismatch(ckpt.config, cfg.to_dict())
-            if clash:
+    if ckpt is not None and ckpt.config is not None:
+        # this project's checkpoints carry their config: it defines the architecture
+        saved = ModelConfig.from_dict(ckpt.config)
+        if name is not None:
+            wanted = name if isinstance(name, ModelConfig) else get_config(name)
+            clash = architecture_mismatch(ckpt.config, wanted.to_dict())
+            if wanted.name != saved.name and clash:
                 raise WeightsError(
-                    f"{ckpt.path}: checkpoint is a different architecture than --model {cfg.name} ({clash}); "
-                    "pass the model it was trained as"
+                    f"{ckpt.path}: checkpoint is a {saved.name} ({clash} differs from --model {wanted.name}); "
+                    f"pass --model {saved.name} or leave --model out"
                 )
-            saved = ModelConfig.from_dict(ckpt.config)
-            keep = {k: v for k, v in overrides.items() if v is not None and k in ("image_size",)}
-            cfg = saved.replace(**keep) if keep else saved
-        else:
+        keep = {k: v for k, v in overrides.items() if v is not None and k == "image_size"}
+        cfg = saved.replace(**keep) if keep else saved
+    else:
+        cfg = name if isinstance(name, ModelConfig) else get_config(name or "efficientdet_d0", **overrides)
+        if ckpt is not None:
             cfg = cfg.replace(num_classes=ckpt.num_classes)
     model = EfficientDet(cfg, pretrained_backbone=pretrained_backbone if ckpt is None else False)
     names, ids = default_class_info(cfg.num_classes)
