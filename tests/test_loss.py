@@ -167,8 +167,8 @@ def test_matches_dense_one_hot_formulation(label_smoothing):
     assert out["box_loss"].item() == pytest.approx(box.item(), rel=1e-5)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_bf16_autocast_matches_cpu():
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_bf16_autocast_matches_float32(device):
     g = torch.Generator().manual_seed(4)
     logits, deltas = torch.randn(2, 300, 7, generator=g), torch.randn(2, 300, 4, generator=g)
     cls_targets, box_targets = (
@@ -177,8 +177,9 @@ def test_cuda_bf16_autocast_matches_cpu():
     )
     loss = DetectionLoss(7)
     ref = loss(logits.bfloat16().float(), deltas.bfloat16().float(), cls_targets, box_targets)
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        out = loss(logits.cuda().bfloat16(), deltas.cuda().bfloat16(), cls_targets.cuda(), box_targets.cuda())
+    with torch.autocast(device, dtype=torch.bfloat16):
+        out = loss(logits.to(device).bfloat16(), deltas.to(device).bfloat16(), cls_targets.to(device),
+                   box_targets.to(device))
     for key in ref:
         assert out[key].dtype == torch.float32
         assert out[key].item() == pytest.approx(ref[key].item(), rel=1e-5)

@@ -1,0 +1,104 @@
+"""The command line on real image files: predict, models, eval, and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from efficientdet import create_model
+from efficientdet.cli import main
+from efficientdet.weights import save_checkpoint
+
+TINY = dict(image_size=128, fpn_channels=16, fpn_layers=1, head_layers=1)
+
+
+@pytest.fixture
+def tiny_weights(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    model = create_model("d0", num_classes=2, class_names=["circle", "square"], category_ids=[3, 7], **TINY)
+    with torch.no_grad():  # make some scores exceed the threshold
+        model.class_net.predict.pw.bias.fill_(0.0)
+    return save_checkpoint(tmp_path / "tiny.pt", model)
+
+
+def test_predict_files_dirs_and_globs(tmp_path, photo_files, tiny_weights, capsys):
+    out, js = tmp_path / "annotated", tmp_path / "dets.json"
+    code = main(["predict", str(photo_files[0]), str(tmp_path / "*.png"), "--weights", str(tiny_weights),
+                 "--out", str(out), "--json", str(js), "--score-threshold", "0.3", "--max-det", "5"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "wide.jpg: 320x200" in printed and "tall.png: 150x260" in printed and "ms inference" in printed
+    records = json.loads(js.read_text())
+    assert records, "expected detections with a zero class bias"
+    assert set(records[0]) == {"file_name", "bbox", "score", "category_id", "category_name"}
+    assert {r["category_id"] for r in records} <= {3, 7}
+    assert {r["category_name"] for r in records} <= {"circle", "square"}
+    for r in records:
+        x, y, w, h = r["bbox"]
+        size = (320, 200) if r["file_name"] == "wide.jpg" else (150, 260)
+        assert x >= 0 and y >= 0 and x + w <= size[0] + 1e-3 and y + h <= size[1] + 1e-3 and r["score"] >= 0.3
+    per_image = {}
+    for r in records:
+        per_image[r["file_name"]] = per_image.get(r["file_name"], 0) + 1
+    assert max(per_image.values()) <= 5
+    assert Image.open(out / "wide.jpg").size == (320, 200) and (out / "tall.png").exists()
+
+
+def test_predict_directory_with_a_bad_file(tmp_path, photo_files, tiny_weights, capsys):
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    code = main(["predict", str(tmp_path), "--weights", str(tiny_weights), "--batch-size", "2"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "broken.jpg" in captured.err and "1 input(s) skipped" in captured.err
+    assert captured.out.count("ms inference") == 3  # the three good images were still processed
+
+
+def test_models_json_lists_family_with_exact_params(capsys):
+    assert main(["models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["efficientdet_d0"]["params"] == 3_880_067 and rows["efficientdet_d0"]["input_size"] == 512
+    assert abs(rows["efficientdet_d7x"]["flops"] / 410e9 - 1) < 0.03
+    assert len(rows) == 15
+
+
+def test_eval_predictions_file_by_file_name(tmp_path, photo_files, capsys):
+    gt = {"images": [{"id": 1, "file_name": "wide.jpg", "width": 320, "height": 200}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [10, 10, 50, 40], "area": 2000,
+                           "iscrowd": 0}],
+          "categories": [{"id": 7, "name": "square"}]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    preds = [{"file_name": "wide.jpg", "bbox": [10, 10, 50, 40], "score": 0.9, "category_id": 7}]
+    (tmp_path / "p.json").write_text(json.dumps(preds))
+    code = main(["eval", "--predictions", str(tmp_path / "p.json"), "--annotations", str(tmp_path / "gt.json"),
+                 "--json", str(tmp_path / "m.json")])
+    assert code == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["AP"] == pytest.approx(1.0) and metrics["AP50"] == pytest.approx(1.0)
+    assert set(metrics) >= {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm",
+                            "ARl", "per_class"}
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["predict", "/nonexistent/x.jpg"], "no such file"),
+        (["predict", "{img}", "--batch-size", "-1"], "must be a positive integer"),
+        (["predict", "{img}", "--model", "efficientdet_d9"], "unknown model"),
+        (["predict", "{img}", "--weights", "/nonexistent/w.pt"], "not found"),
+        (["predict", "{img}", "--score-treshold", "0.3"], "did you mean --score-threshold"),
+    ],
+)
+def test_console_script_errors_are_one_line(tmp_path, photo_files, args, needle):
+    args = [a.replace("{img}", str(photo_files[0])) for a in args]
+    proc = subprocess.run([sys.executable, "-m", "efficientdet", *args], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0
+    assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) <= 2
