@@ -1,0 +1,33 @@
+"""Detection data: readers (COCO, VOC, YOLO), the internal form, transforms, dataset, synthetic set.
+
+Boxes are ``xyxy`` float32 pixels everywhere, labels 0-based contiguous ``int64``; see
+:mod:`efficientdet.data.records` for the conventions.
+"""
+
+from .coco import read_coco
+from .dataset import DetectionDataset, SeededSampler, collate, make_loader
+from .read import detect_format, read_dataset
+from .records import DetectionData, LoadReport, Sample
+from .synth import make_synthetic_dataset
+from .transforms import EvalTransform, TrainTransform
+from .voc import read_voc
+from .yolo import load_names, read_yolo
+
+__all__ = [
+    "DetectionData",
+    "DetectionDataset",
+    "EvalTransform",
+    "LoadReport",
+    "Sample",
+    "SeededSampler",
+    "TrainTransform",
+    "collate",
+    "detect_format",
+    "load_names",
+    "make_loader",
+    "make_synthetic_dataset",
+    "read_coco",
+    "read_dataset",
+    "read_voc",
+    "read_yolo",
+]
