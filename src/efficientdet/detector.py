@@ -88,6 +88,10 @@ class Detector:
         device: ``cpu``, ``cuda`` or a torch device.
         score_threshold, iou_threshold, max_det, soft_nms, topk: post-processing settings.
         image_size: override the network input size (multiple of 128 for the official geometry).
+        optimize: run inference on a BatchNorm-folded, channels-last copy of the model
+            (:func:`efficientdet.export.fuse.fuse_model`; same outputs to ~1e-5, about 2x faster on CPU).
+            ``None`` (default): on when the Detector builds the model from a name, off when it is given a
+            model instance (which may still be training: a fused copy would not follow its weights).
     """
 
     def __init__(
@@ -102,6 +106,7 @@ class Detector:
         topk: int = 5000,
         image_size: int | None = None,
         num_classes: int | None = None,
+        optimize: bool | None = None,
     ) -> None:
         for name, value, lo, hi in (
             ("score_threshold", score_threshold, 0.0, 1.0),
@@ -119,6 +124,14 @@ class Detector:
         else:
             self.model = create_model(model, weights=weights, num_classes=num_classes, image_size=image_size)
         self.model.eval().to(self.device)
+        if optimize is None:
+            optimize = not isinstance(model, EfficientDet)
+        self.network: torch.nn.Module = self.model
+        self.channels_last = bool(optimize)
+        if optimize:
+            from .export.fuse import fuse_model
+
+            self.network = fuse_model(self.model).to(self.device, memory_format=torch.channels_last)
         self.config = self.model.config
         self.image_size = self.config.image_size
         self.class_names: list[str | None] = list(
@@ -149,8 +162,10 @@ class Detector:
 
     @torch.inference_mode()
     def forward_network(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised batch -> flattened (B, N, C) logits and (B, N, 4) deltas."""
-        cls, box = self.model(batch)
+        """Normalised (B, 3, S, S) float batch -> flattened (B, N, C) logits and (B, N, 4) deltas."""
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        cls, box = self.network(batch)
         return flatten_outputs(cls, box, self.config.num_classes)
 
     @torch.inference_mode()

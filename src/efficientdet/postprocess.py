@@ -31,16 +31,71 @@ class PostprocessConfig:
     soft_nms_sigma: float = 0.5
 
 
-def select_topk(cls_logits: torch.Tensor, k: int, min_logit: float | None = None):
-    """Top-``k`` (anchor, class) pairs per image from (B, N, C) logits.
+def select_topk(
+    cls_logits: torch.Tensor, k: int, min_logit: float | None = None, class_mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-``k`` (anchor, class) pairs per image from (B, N, C) logits, without a top-k over all N·C pairs.
 
-    Returns ``(logits (B, k), anchor_idx (B, k), class_idx (B, k))`` sorted by logit, k clipped to N·C.
+    Returns ``(logits (B, k'), anchor_idx (B, k'), class_idx (B, k'))``, each row sorted by logit
+    (descending) and padded with ``-inf`` logits (anchor 0, class 0) to a common width k' <= k.
+
+    Exactly the pairs of ``flat.topk(k)`` (ties aside) that are ``>= min_logit``, found cheaply: one
+    pass computes each anchor's best logit (B, N); the k-th largest of those is a lower bound of the
+    k-th largest pair (k different anchors reach it), so only anchors whose best logit reaches
+    ``max(bound, min_logit)`` can contribute; the top-k then runs over those few rows only.
+    ``class_mask`` (C,) bool drops masked classes (their logits count as ``-inf``).
     """
     b, n, c = cls_logits.shape
-    flat = cls_logits.reshape(b, n * c)
     k = min(k, n * c)
-    values, idx = flat.topk(k, dim=1, sorted=True)
-    return values, torch.div(idx, c, rounding_mode="floor"), idx % c
+    floor = float("-inf") if min_logit is None else float(min_logit)
+    if floor == float("-inf") and n <= k:  # tiny inputs: the plain top-k is cheap and exact
+        if class_mask is not None:
+            cls_logits = cls_logits.masked_fill(~class_mask, float("-inf"))
+        values, idx = cls_logits.reshape(b, n * c).topk(k, dim=1, sorted=True)
+        return values, torch.div(idx, c, rounding_mode="floor"), idx % c
+    per_anchor = cls_logits.amax(dim=2)  # (B, N)
+    rows = []
+    for i in range(b):
+        bound = floor
+        if n > k:
+            bound = max(floor, float(per_anchor[i].topk(k, sorted=False).values.min()))
+        row = _candidates(cls_logits[i], per_anchor[i], bound, k, c, class_mask)
+        if bound > floor and len(row[0]) < k:  # masked classes hid some of the k: widen (exact, rare)
+            row = _candidates(cls_logits[i], per_anchor[i], floor, k, c, class_mask)
+        rows.append(row)
+    width = max(1, max(len(v) for v, _, _ in rows))
+    values = cls_logits.new_full((b, width), float("-inf"))
+    anchor_idx = torch.zeros((b, width), dtype=torch.long, device=cls_logits.device)
+    class_idx = torch.zeros((b, width), dtype=torch.long, device=cls_logits.device)
+    for i, (vals, anc, cl) in enumerate(rows):
+        values[i, : len(vals)] = vals
+        anchor_idx[i, : len(vals)] = anc
+        class_idx[i, : len(vals)] = cl
+    return values, anchor_idx, class_idx
+
+
+def _candidates(
+    logits: torch.Tensor,
+    per_anchor: torch.Tensor,
+    bound: float,
+    k: int,
+    c: int,
+    class_mask: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Best ``k`` pairs ``>= bound`` of one image's (N, C) logits: (values, anchor idx, class idx), sorted."""
+    anchors = (per_anchor >= bound).nonzero().squeeze(1)  # (n_a,)
+    sub = logits.index_select(0, anchors)  # (n_a, C)
+    if class_mask is not None:
+        sub = sub.masked_fill(~class_mask, float("-inf"))
+    sub = sub.reshape(-1)
+    pairs = (sub >= bound).nonzero().squeeze(1)
+    vals = sub.index_select(0, pairs)
+    if vals.numel() > k:
+        vals, order = vals.topk(k, sorted=True)
+    else:
+        vals, order = vals.sort(descending=True, stable=True)
+    pairs = pairs.index_select(0, order)
+    return vals, anchors.index_select(0, torch.div(pairs, c, rounding_mode="floor")), pairs % c
 
 
 def soft_nms_gaussian(
@@ -95,10 +150,33 @@ class Postprocessor(nn.Module):
         class_mask: torch.Tensor | None = None,
     ) -> list[dict[str, torch.Tensor]]:
         cfg = self.config
-        if class_mask is not None:  # suppress unused class slots (e.g. the 10 unused COCO ids)
-            cls_logits = cls_logits.masked_fill(~class_mask, float("-inf"))
-        b = cls_logits.shape[0]
-        logits, anchor_idx, labels = select_topk(cls_logits, cfg.topk)
+        # unused class slots (e.g. the 10 unused COCO ids) are masked inside select_topk
+        logits, anchor_idx, labels = select_topk(cls_logits, cfg.topk, self.min_logit(), class_mask)
+        return self._finish(logits, anchor_idx, labels, box_deltas, anchors, scales, image_sizes)
+
+    def min_logit(self) -> float | None:
+        """The prefilter bound: pairs with a smaller logit can never reach ``score_threshold``.
+
+        ``None`` (no prefilter) when the threshold is 0. A margin of 1e-4 below ``logit(threshold)``
+        keeps every pair whose float32 sigmoid could still round up to the threshold; the exact
+        ``score >= threshold`` test is applied afterwards, so results equal the unfiltered path.
+        """
+        t = self.config.score_threshold
+        return None if t <= 0.0 else logit(t) - 1e-4
+
+    def _finish(
+        self,
+        logits: torch.Tensor,
+        anchor_idx: torch.Tensor,
+        labels: torch.Tensor,
+        box_deltas: torch.Tensor,
+        anchors: torch.Tensor,
+        scales: torch.Tensor,
+        image_sizes: torch.Tensor,
+    ) -> list[dict[str, torch.Tensor]]:
+        """Selected (B, k) pairs -> decode, clip, NMS -> per-image detections."""
+        cfg = self.config
+        b = logits.shape[0]
         deltas = box_deltas.gather(1, anchor_idx.unsqueeze(-1).expand(-1, -1, 4)).float()
         boxes = box_coder.decode(deltas, anchors[anchor_idx])  # (B, k, 4) network pixels
         scales = scales.to(boxes).view(b, 1, 1)

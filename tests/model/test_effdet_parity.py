@@ -70,7 +70,9 @@ def test_detections_equal_effdet(tmp_path, photo_files, effdet_name, ours, size,
     reference = effdet_model(effdet_name, size, soft_nms=soft_nms, noise=0.0 if "d7x" in effdet_name else 0.05)
     weights = tmp_path / "effdet_state.pth"
     torch.save(reference.state_dict(), weights)
-    detector = Detector(ours, weights=weights, image_size=size, score_threshold=0.0, soft_nms=soft_nms)
+    # optimize=False: the same float32 op order as effdet (BN folding / channels-last change rounding by ~5e-4
+    # on the ill-conditioned random Lite0; tests/export/test_fuse.py checks the optimised path separately)
+    detector = Detector(ours, weights=weights, image_size=size, score_threshold=0.0, soft_nms=soft_nms, optimize=False)
     assert detector.config.num_classes == 90
     for path in photo_files[:2]:
         expected = effdet_detect(reference, path)

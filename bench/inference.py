@@ -1,0 +1,152 @@
+"""Inference benchmark: ours vs effdet 0.4.1 (D0, batch 1, 512x512, CPU, N threads), end to end and by stage.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/inference.py --threads 2 --runs 20 --family d0,d1,d2 --json out.json
+
+Random weights (timing only). Reports: end-to-end latency (decoded PIL image in, detections out) of our
+Detector and of effdet's ``DetBenchPredict`` with effdet's eval preprocessing (ResizePad + normalise);
+network alone (ours in PyTorch, BN-folded; ours in onnxruntime; effdet's network exported to ONNX and run
+in onnxruntime); post-processing; latency vs FLOPs over the family; peak RSS of D0 inference (subprocess).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def timeit(fn, runs: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def effdet_parts(size: int):
+    from effdet import DetBenchPredict, EfficientDet, get_efficientdet_config
+    from effdet.data.transforms import transforms_coco_eval
+
+    cfg = get_efficientdet_config("tf_efficientdet_d0")
+    cfg.image_size = (size, size)
+    net = EfficientDet(cfg, pretrained_backbone=False).eval()
+    bench = DetBenchPredict(net).eval()
+    mean_v, std_v = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # effdet's IMAGENET defaults
+    transform = transforms_coco_eval(size, use_prefetcher=True, mean=mean_v, std=std_v)
+    mean = torch.tensor(mean_v).view(1, 3, 1, 1) * 255
+    std = torch.tensor(std_v).view(1, 3, 1, 1) * 255
+
+    def run(img):
+        arr, anno = transform(img, {})
+        x = (torch.from_numpy(arr).float().unsqueeze(0) - mean) / std
+        info = {"img_scale": torch.tensor([anno["img_scale"]]), "img_size": torch.tensor([[img.width, img.height]])}
+        with torch.no_grad():
+            return bench(x, info)
+
+    return net, run
+
+
+def ort_session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def peak_rss_mb(threads: int) -> float:
+    code = (
+        f"import resource, torch; torch.set_num_threads({threads})\n"
+        "from efficientdet import Detector\nfrom efficientdet.export.benchmark import sample_image\n"
+        "d = Detector('d0', score_threshold=0.001); img = sample_image()\n"
+        "for _ in range(3): d(img)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--family", default="d0,d1,d2,d3,d4,d5,d6,d7", help="variants for latency vs FLOPs")
+    parser.add_argument("--family-runs", type=int, default=3)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from efficientdet import Detector
+    from efficientdet.complexity import measure
+    from efficientdet.export.benchmark import sample_image
+    from efficientdet.export.onnx import export_onnx
+    from efficientdet.variants import get_config
+
+    size, img = 512, sample_image()
+    res: dict = {"threads": args.threads, "runs": args.runs, "torch": torch.__version__}
+    torch.manual_seed(0)
+    ours = Detector("d0", score_threshold=0.001)
+    net, effdet_run = effdet_parts(size)
+    res["ours_e2e_ms"] = timeit(lambda: ours(img), args.runs, args.warmup)
+    res["effdet_e2e_ms"] = timeit(lambda: effdet_run(img), args.runs, args.warmup)
+    stage = [ours(img)[0].timings for _ in range(args.runs)]
+    for key in ("preprocess_ms", "inference_ms", "postprocess_ms"):
+        res[f"ours_{key}"] = statistics.median(t[key] for t in stage)
+    for thr in (0.001, 0.25):  # post-processing alone on the network's real outputs
+        det = Detector("d0", score_threshold=thr)
+        batch, scales, sizes = det.preprocess([img])
+        cls, box = det.forward_network(batch)
+        with torch.inference_mode():
+            res[f"postprocess_thr{thr}_ms"] = timeit(
+                lambda d=det, c=cls, b=box, s=scales, z=sizes: d.postprocess(c, b, d.anchors, s, z, d.class_mask),
+                args.runs, args.warmup)
+    x = torch.randn(1, 3, size, size)
+    with torch.inference_mode():
+        xc = x.contiguous(memory_format=torch.channels_last)
+        res["ours_network_torch_ms"] = timeit(lambda: ours.network(xc), args.runs, args.warmup)
+        res["ours_network_unfused_torch_ms"] = timeit(lambda: ours.model(x), args.runs, args.warmup)
+        res["effdet_network_torch_ms"] = timeit(lambda: net(x), args.runs, args.warmup)
+    with tempfile.TemporaryDirectory() as tmp:
+        ours_onnx = export_onnx(ours.model, Path(tmp) / "ours.onnx")
+        effdet_onnx = Path(tmp) / "effdet.onnx"
+        with torch.no_grad():
+            torch.onnx.export(net, (x,), str(effdet_onnx), opset_version=17, dynamo=False, input_names=["images"])
+        feed = {"images": x.numpy()}
+        s_ours, s_eff = ort_session(ours_onnx, args.threads), ort_session(effdet_onnx, args.threads)
+        res["ours_network_ort_ms"] = timeit(lambda: s_ours.run(None, feed), args.runs, args.warmup)
+        res["effdet_network_ort_ms"] = timeit(lambda: s_eff.run(None, feed), args.runs, args.warmup)
+    res["peak_rss_mb_d0"] = peak_rss_mb(args.threads)
+    family = []
+    for name in [m for m in args.family.split(",") if m]:
+        cfg = get_config(name)
+        det = Detector(name, score_threshold=0.001)
+        ms = timeit(lambda d=det: d(img), args.family_runs, 1)
+        family.append({"model": cfg.name, "image_size": cfg.image_size, "flops": measure(cfg)["flops"],
+                       "latency_ms": ms, "runs": args.family_runs})
+        print(json.dumps(family[-1]), flush=True)
+        del det
+    d0 = family[0] if family else None
+    for row in family:
+        row["flops_x"] = row["flops"] / d0["flops"]
+        row["latency_x"] = row["latency_ms"] / d0["latency_ms"]
+    res["family"] = family
+    res["ratio_e2e_ours_over_effdet"] = res["ours_e2e_ms"] / res["effdet_e2e_ms"]
+    res["ratio_network_ours_torch_over_effdet_ort"] = res["ours_network_torch_ms"] / res["effdet_network_ort_ms"]
+    print(json.dumps(res, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""Exportable inference graphs: the network with flattened outputs, optionally with in-graph NMS.
+
+Both modules take the *normalised* float32 input (B, 3, S, S) (letterbox + ``(x/255 - mean)/std``
+stay in Python, :mod:`efficientdet.preprocess`).
+
+- :class:`RawGraph` returns ``cls_logits`` (B, N, C) and ``box_deltas`` (B, N, 4) (``tx, ty, tw, th``),
+  N = number of anchors, in anchor order (:func:`efficientdet.anchors.generate_anchors`).
+- :class:`NMSGraph` adds post-processing with fixed-size outputs: ``boxes`` (B, max_det, 4) xyxy in
+  network-input pixels clipped to the canvas [0, S], ``scores`` (B, max_det) (0 for padding),
+  ``labels`` (B, max_det) int64 0-based (-1 for padding), ``num_detections`` (B,) int64. Steps: top-k
+  (anchor, class) pairs, decode, clip, per-class ONNX ``NonMaxSuppression``, best ``max_det``, padded.
+  Divide boxes by the letterbox scale and clip to the original image to get original pixels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torchvision.ops import batched_nms
+
+from .. import box_coder
+from ..anchors import generate_anchors
+from ..model.efficientdet import flatten_outputs
+
+
+class RawGraph(nn.Module):
+    """Normalised images (B, 3, S, S) -> flattened (B, N, C) logits and (B, N, 4) deltas."""
+
+    def __init__(self, model: nn.Module, num_classes: int, half: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.num_classes = num_classes
+        self.half_precision = half
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.half_precision:
+            images = images.half()
+        cls, box = self.model(images)
+        cls, box = flatten_outputs(cls, box, self.num_classes)
+        return cls.float(), box.float()
+
+
+class _NonMaxSuppression(torch.autograd.Function):
+    """ONNX ``NonMaxSuppression`` (per class) with a torchvision implementation for eager/TorchScript.
+
+    boxes (B, K, 4) xyxy, scores (B, C, K) -> selected (M, 3) int64 rows ``(batch, class, box)``;
+    a box is a candidate when its score is ``> score_threshold``.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: object, boxes: torch.Tensor, scores: torch.Tensor, max_per_class: int, iou: float, score_thr: float
+    ) -> torch.Tensor:
+        rows = []
+        for b in range(boxes.shape[0]):
+            cls_idx, box_idx = (scores[b] > score_thr).nonzero(as_tuple=True)
+            keep = batched_nms(boxes[b][box_idx], scores[b][cls_idx, box_idx], cls_idx, iou)
+            batch_col = torch.full_like(keep, b)
+            rows.append(torch.stack([batch_col, cls_idx[keep], box_idx[keep]], dim=1))
+        return torch.cat(rows, dim=0) if rows else torch.zeros((0, 3), dtype=torch.long)
+
+    @staticmethod
+    def symbolic(g, boxes, scores, max_per_class: int, iou: float, score_thr: float):  # noqa: ANN001, ANN205
+        return g.op(
+            "NonMaxSuppression",
+            boxes,
+            scores,
+            g.op("Constant", value_t=torch.tensor([max_per_class], dtype=torch.long)),
+            g.op("Constant", value_t=torch.tensor([iou], dtype=torch.float32)),
+            g.op("Constant", value_t=torch.tensor([score_thr], dtype=torch.float32)),
+            center_point_box_i=0,
+        )
+
+
+class NMSGraph(nn.Module):
+    """Normalised images (B, 3, S, S) -> boxes (B, D, 4), scores (B, D), labels (B, D), num_detections (B,).
+
+    Same semantics as :class:`efficientdet.postprocess.Postprocessor` with hard NMS (top-k pairs, decode,
+    clip, per-class NMS, ``score >= score_threshold``, best ``max_det``), except that boxes are clipped
+    to the square canvas (network pixels) rather than to the original image.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: object,
+        class_mask: torch.Tensor | None = None,
+        score_threshold: float = 0.001,
+        iou_threshold: float = 0.5,
+        max_det: int = 100,
+        topk: int = 5000,
+        half: bool = False,
+    ) -> None:
+        super().__init__()
+        self.raw = RawGraph(model, config.num_classes, half)  # type: ignore[attr-defined]
+        cfg = config
+        size = cfg.image_size  # type: ignore[attr-defined]
+        anchors = generate_anchors(size, cfg.min_level, cfg.max_level, cfg.anchor_scale, cfg.num_scales,  # type: ignore[attr-defined]
+                                   cfg.aspect_ratios)  # type: ignore[attr-defined]
+        self.register_buffer("anchors", anchors, persistent=False)
+        num_classes = cfg.num_classes  # type: ignore[attr-defined]
+        bias = torch.zeros(num_classes)
+        if class_mask is not None:
+            bias[~class_mask.cpu()] = float("-inf")
+        self.register_buffer("class_bias", bias, persistent=False)
+        self.use_class_bias = class_mask is not None and not bool(class_mask.all())
+        self.num_classes = num_classes
+        self.size = float(size)
+        self.topk = min(topk, len(anchors) * num_classes)
+        self.max_det = min(max_det, self.topk)
+        self.score_threshold = float(score_threshold)
+        self.iou_threshold = float(iou_threshold)
+        # NonMaxSuppression keeps scores > t; the largest float below the threshold makes it ">= threshold"
+        self.nms_score_threshold = max(math.nextafter(self.score_threshold, -1.0), 0.0) if score_threshold > 0 else 0.0
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        cls, box = self.raw(images)  # (B, N, C), (B, N, 4)
+        b = cls.shape[0]
+        c = self.num_classes
+        if self.use_class_bias:
+            cls = cls + self.class_bias
+        logits, idx = cls.reshape(b, -1).topk(self.topk, dim=1)  # (B, K)
+        anchor_idx = torch.div(idx, c, rounding_mode="floor")
+        labels = idx - anchor_idx * c
+        deltas = box.gather(1, anchor_idx.unsqueeze(-1).expand(-1, -1, 4))
+        boxes = box_coder.decode(deltas, self.anchors[anchor_idx]).clamp(0.0, self.size)  # (B, K, 4)
+        scores = torch.sigmoid(logits)  # (B, K)
+        one_hot = labels.unsqueeze(1) == torch.arange(c, device=labels.device).view(1, c, 1)  # (B, C, K)
+        per_class = torch.where(one_hot, scores.unsqueeze(1), torch.zeros_like(scores).unsqueeze(1))
+        selected = _NonMaxSuppression.apply(
+            boxes, per_class, self.max_det, self.iou_threshold, self.nms_score_threshold
+        )  # (M, 3)
+        flat = selected[:, 0] * self.topk + selected[:, 2]
+        keep = torch.zeros_like(scores).reshape(-1).scatter(0, flat, torch.ones_like(flat, dtype=scores.dtype))
+        keep = keep.reshape(scores.shape) > 0.5
+        ranked = torch.where(keep, scores, torch.full_like(scores, -1.0))
+        top_scores, order = ranked.topk(self.max_det, dim=1)  # (B, D), descending
+        valid = top_scores >= max(self.score_threshold, 0.0)
+        out_boxes = boxes.gather(1, order.unsqueeze(-1).expand(-1, -1, 4)) * valid.unsqueeze(-1).to(boxes.dtype)
+        out_scores = torch.where(valid, top_scores, torch.zeros_like(top_scores))
+        out_labels = torch.where(valid, labels.gather(1, order), torch.full_like(order, -1))
+        return out_boxes, out_scores, out_labels, valid.to(torch.long).sum(dim=1)

@@ -1,0 +1,57 @@
+"""TorchScript export (``torch.jit.trace``) of the same graphs as the ONNX export.
+
+The file is a ``torch.jit`` archive loadable without this package (``torch.jit.load``); the metadata of
+:func:`efficientdet.export.onnx.export_metadata` is stored as the extra file ``efficientdet.json``.
+Input and outputs are those of :mod:`efficientdet.export.graph`. Raw graphs accept any batch size; the
+in-graph NMS loops over the traced batch, so ``nms=True`` files are fixed to ``batch``.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError
+from ..model.efficientdet import EfficientDet
+from .onnx import build_graph, export_metadata
+
+EXTRA_FILE = "efficientdet.json"
+
+
+def export_torchscript(
+    model: EfficientDet,
+    path: str | Path,
+    batch: int = 1,
+    dynamic_batch: bool = False,
+    nms: bool = False,
+    half: bool = False,
+    score_threshold: float = 0.001,
+    iou_threshold: float = 0.5,
+    max_det: int = 100,
+    topk: int = 5000,
+    fuse: bool = True,
+) -> Path:
+    """Trace ``model``'s inference graph and save it to ``path`` (``.pt``); returns the path."""
+    if nms and dynamic_batch:
+        raise ConfigError("--format torchscript --nms needs a fixed --batch (the traced NMS is unrolled per image)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    graph = build_graph(model, nms, half, fuse, score_threshold, iou_threshold, max_det, topk)
+    size = model.config.image_size
+    settings = {"score_threshold": score_threshold, "iou_threshold": iou_threshold, "max_det": max_det, "topk": topk}
+    meta = export_metadata(model, nms, **settings)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(graph, torch.randn(batch, 3, size, size), check_trace=False)
+    torch.jit.save(traced, str(path), _extra_files={EXTRA_FILE: json.dumps(meta)})
+    return path
+
+
+def load_torchscript(path: str | Path, device: str = "cpu") -> tuple[torch.jit.ScriptModule, dict[str, str]]:
+    """Load a file written by :func:`export_torchscript`: (module, metadata dict)."""
+    extra = {EXTRA_FILE: ""}
+    module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    return module.eval(), json.loads(extra[EXTRA_FILE] or "{}")

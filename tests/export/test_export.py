@@ -1,0 +1,124 @@
+"""ONNX / TorchScript export through the CLI, checked against PyTorch with onnxruntime."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from efficientdet import Detector, create_model
+from efficientdet.cli import main
+from efficientdet.export.graph import RawGraph
+from efficientdet.export.onnx import read_onnx_metadata
+from efficientdet.export.torchscript import load_torchscript
+from efficientdet.preprocess import letterbox, normalize
+
+
+def _torch_raw(model, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    with torch.no_grad():
+        cls, box = RawGraph(model.eval(), model.config.num_classes)(x)
+    return cls.numpy(), box.numpy()
+
+
+def _canvas(model, path) -> torch.Tensor:
+    from PIL import Image
+
+    canvas, _ = letterbox(Image.open(path).convert("RGB"), model.config.image_size, model.config.mean)
+    return normalize(torch.from_numpy(canvas)[None], model.config.mean, model.config.std)
+
+
+def assert_same_detections(boxes, scores, labels, got, box_atol: float = 1e-3, score_atol: float = 1e-5) -> None:
+    """Same detections up to the order of (nearly) tied scores."""
+    assert len(scores) == len(got)
+    np.testing.assert_allclose(scores, got.scores, atol=score_atol)
+    for box, score, label in zip(boxes, scores, labels):
+        close = (np.abs(got.boxes - box).max(axis=1) <= box_atol) & (np.abs(got.scores - score) <= score_atol)
+        assert ((got.labels == label) & close).any(), f"detection {box} {score} {label} not found"
+
+
+def test_onnx_raw_export_dynamic_batch(tmp_path, tiny_checkpoint):
+    out = tmp_path / "onnx" / "tiny.onnx"
+    rc = main(["export", "--model", "d0", "--weights", str(tiny_checkpoint), "--out", str(out), "--dynamic-batch"])
+    assert rc == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == ["tiny.onnx"]  # self-contained: no external data
+    proto = onnx.load(str(out))
+    onnx.checker.check_model(proto)
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    model = create_model("d0", weights=tiny_checkpoint)
+    meta = read_onnx_metadata(out)
+    assert json.loads(meta["class_names"]) == model.class_names
+    assert json.loads(meta["category_ids"]) == model.category_ids
+    assert int(meta["image_size"]) == 128 and meta["outputs"] == "raw"
+    assert json.loads(meta["config"])["fpn_channels"] == 16
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 128, 128)
+        cls, box = session.run(None, {"images": x.numpy()})
+        ref_cls, ref_box = _torch_raw(model, x)
+        assert cls.shape == (batch, ref_cls.shape[1], 90) and box.shape == (batch, ref_cls.shape[1], 4)
+        np.testing.assert_allclose(cls, ref_cls, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(box, ref_box, atol=1e-4, rtol=0)
+
+
+def test_onnx_nms_export_matches_detector(tmp_path, tiny_checkpoint, photo_files):
+    out = tmp_path / "nms.onnx"
+    args = ["export", "--model", "d0", "--weights", str(tiny_checkpoint), "--out", str(out), "--nms",
+            "--score-threshold", "0.05", "--max-det", "50"]
+    assert main(args) == 0
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["boxes", "scores", "labels", "num_detections"]
+    detector = Detector("d0", weights=tiny_checkpoint, score_threshold=0.05, max_det=50)
+    square = photo_files[2]  # 128x128 = the network input: canvas pixels are original pixels
+    boxes, scores, labels, num = session.run(None, {"images": _canvas(detector.model, square).numpy()})
+    assert boxes.shape == (1, 50, 4) and scores.shape == (1, 50) and labels.shape == (1, 50)
+    got = detector(str(square))[0]
+    n = int(num[0])
+    assert n == len(got) and n > 5
+    assert (labels[0, n:] == -1).all() and (scores[0, n:] == 0).all()
+    assert_same_detections(boxes[0, :n], scores[0, :n], labels[0, :n], got)
+
+
+def test_export_errors_are_one_line(tmp_path, capsys):
+    assert main(["export", "--model", "d0", "--out", str(tmp_path / "x.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "--weights" in err and "\n" not in err
+    assert main(["export", "--model", "d0", "--random-weights", "--image-size", "128", "--opset", "13",
+                 "--out", str(tmp_path / "x.onnx")]) == 2
+    assert "opset" in capsys.readouterr().err
+
+
+def test_torchscript_round_trip(tmp_path, tiny_checkpoint):
+    out = tmp_path / "tiny.pt"
+    assert main(["export", "--model", "d0", "--weights", str(tiny_checkpoint), "--format", "torchscript",
+                 "--out", str(out)]) == 0
+    module, meta = load_torchscript(out)
+    model = create_model("d0", weights=tiny_checkpoint)
+    assert json.loads(meta["class_names"]) == model.class_names
+    for batch in (1, 2):
+        x = torch.randn(batch, 3, 128, 128)
+        with torch.no_grad():
+            cls, box = module(x)
+        ref_cls, ref_box = _torch_raw(model, x)
+        np.testing.assert_allclose(cls.numpy(), ref_cls, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(box.numpy(), ref_box, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("soft_nms", [False])
+def test_onnxruntime_backend_equals_torch(tmp_path, monkeypatch, tiny_checkpoint, photo_files, soft_nms):
+    from efficientdet.export.runtime import create_detector
+
+    monkeypatch.setenv("EFFICIENTDET_CACHE", str(tmp_path / "cache"))
+    kwargs = dict(weights=tiny_checkpoint, score_threshold=0.05, soft_nms=soft_nms)
+    onnx_det = create_detector("d0", backend="onnxruntime", **kwargs)
+    assert onnx_det.onnx_path.parent == tmp_path / "cache" / "onnx" and onnx_det.onnx_path.is_file()
+    torch_det = create_detector("d0", backend="torch", **kwargs)
+    paths = [str(p) for p in photo_files]
+    for a, b in zip(onnx_det(paths, batch_size=2), torch_det(paths)):
+        assert len(a) > 0
+        assert_same_detections(a.boxes, a.scores, a.labels, b)
+    again = create_detector("d0", backend="onnxruntime", **kwargs)  # cached: same file
+    assert again.onnx_path == onnx_det.onnx_path
