@@ -57,22 +57,24 @@ def effdet_detect(model: EfficientDet, path: Path) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    ("effdet_name", "ours", "size", "soft_nms"),
+    ("effdet_name", "ours", "size", "soft_nms", "optimize"),
     [
-        ("tf_efficientdet_d0", "efficientdet_d0", 256, False),
-        ("tf_efficientdet_d0", "d0", 256, True),
-        ("tf_efficientdet_lite0", "efficientdet_lite0", 256, False),
-        ("tf_efficientdet_d7x", "tf_efficientdet_d7x", 256, False),
+        ("tf_efficientdet_d0", "efficientdet_d0", 256, False, False),
+        ("tf_efficientdet_d0", "efficientdet_d0", 256, False, None),  # the default, BN-folded path
+        ("tf_efficientdet_d0", "d0", 256, True, False),
+        ("tf_efficientdet_lite0", "efficientdet_lite0", 256, False, False),
+        ("tf_efficientdet_d7x", "tf_efficientdet_d7x", 256, False, False),
     ],
 )
-def test_detections_equal_effdet(tmp_path, photo_files, effdet_name, ours, size, soft_nms):
+def test_detections_equal_effdet(tmp_path, photo_files, effdet_name, ours, size, soft_nms, optimize):
     # deep random networks saturate; smaller perturbations keep D7x's scores informative
     reference = effdet_model(effdet_name, size, soft_nms=soft_nms, noise=0.0 if "d7x" in effdet_name else 0.05)
     weights = tmp_path / "effdet_state.pth"
     torch.save(reference.state_dict(), weights)
     # optimize=False: the same float32 op order as effdet (BN folding / channels-last change rounding by ~5e-4
-    # on the ill-conditioned random Lite0; tests/export/test_fuse.py checks the optimised path separately)
-    detector = Detector(ours, weights=weights, image_size=size, score_threshold=0.0, soft_nms=soft_nms, optimize=False)
+    # on the ill-conditioned random Lite0); the default optimised path is checked on D0
+    detector = Detector(ours, weights=weights, image_size=size, score_threshold=0.0, soft_nms=soft_nms,
+                        optimize=optimize)
     assert detector.config.num_classes == 90
     for path in photo_files[:2]:
         expected = effdet_detect(reference, path)
