@@ -130,3 +130,17 @@ def test_verify_hash_accepts_matching_prefix(tmp_path):
     path = tmp_path / f"w-{prefix}.pth"
     path.write_bytes(data)
     verify_hash(path, path.name)  # no error
+
+
+def test_pretrained_backbone_offline_message_and_local_file(tmp_path):
+    import timm
+
+    with pytest.raises(WeightsError, match="no network"):
+        create_model("lite0", pretrained_backbone=True, **TINY)
+    classifier = timm.create_model("tf_efficientnet_lite0")  # a classification checkpoint, as timm saves it
+    torch.save(classifier.state_dict(), tmp_path / "lite0_imagenet.pth")
+    model = create_model("lite0", pretrained_backbone=tmp_path / "lite0_imagenet.pth", **TINY)
+    torch.testing.assert_close(model.backbone.conv_stem.weight, classifier.conv_stem.weight)
+    torch.save({"conv_stem.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(WeightsError, match="not weights of this backbone"):
+        create_model("lite0", pretrained_backbone=tmp_path / "other.pth", **TINY)
