@@ -1,0 +1,192 @@
+"""End-to-end training on a tiny model: run folder, resume equality, SIGKILL + resume, NaN handling, CLI."""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from efficientdet.train.config import TrainConfig
+from efficientdet.train.engine import TrainingStopped, train_step
+from efficientdet.train.run_dir import next_run_dir, read_metrics
+from efficientdet.train.trainer import Trainer, train
+from efficientdet.weights import load_checkpoint
+
+from .conftest import cli_args, tiny_config
+
+
+def _equal_states(a: dict, b: dict) -> list[str]:
+    return [k for k in a if not torch.equal(a[k], b[k])]
+
+
+@pytest.fixture(scope="module")
+def run_a(tiny_data, tmp_path_factory):
+    """2 epochs uninterrupted (with validation, plots, TensorBoard); also keeps the end-of-epoch-1 last.pt."""
+    root = tmp_path_factory.mktemp("runs")
+    cfg = tiny_config(tiny_data, root / "a", plots=True, tensorboard=True)
+    trainer = Trainer(cfg)
+    epoch1 = root / "c" / "weights" / "last.pt"
+    save_last = trainer.save_last
+
+    def save_and_keep():
+        path = save_last()
+        if trainer.epoch == 1 and trainer.batch_in_epoch == 0:
+            epoch1.parent.mkdir(parents=True)
+            shutil.copy(path, epoch1)
+        return path
+
+    trainer.save_last = save_and_keep
+    return trainer.run(), root
+
+
+def test_run_folder(run_a) -> None:
+    result, _ = run_a
+    run = result.run_dir
+    assert (run / "config.yaml").is_file()
+    cfg = TrainConfig.load_yaml(run / "config.yaml")
+    assert cfg.epochs == 2 and cfg.model_overrides["fpn_channels"] == 16
+    last, best = load_checkpoint(run / "weights" / "last.pt"), load_checkpoint(run / "weights" / "best.pt")
+    assert last.extra["train"]["epoch"] == 2 and last.extra["train"]["step"] == 4
+    assert best.config["num_classes"] == 4 and best.class_names == ["circle", "square", "triangle", "cross"]
+    assert set(best.extra["metrics"]) >= {"AP", "AP50"}
+    rows = read_metrics(run / "metrics.csv")
+    assert [r["epoch"] for r in rows] == [1.0, 2.0]
+    assert all(math.isfinite(r["loss"]) and 0 <= r["AP50"] <= 1 for r in rows)
+    for name in ("loss.png", "ap.png", "pr_curve.png", "val_predictions.png"):
+        assert (run / name).stat().st_size > 1000, name
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert result.epochs_completed == 2 and result.nan_steps == 0
+
+
+def test_resume_from_epoch_end_is_exact(run_a) -> None:
+    result_a, root = run_a
+    resumed = train(resume=root / "c")
+    assert resumed.epochs_completed == 2 and resumed.step == result_a.step
+    a, c = load_checkpoint(result_a.last), load_checkpoint(resumed.last)
+    assert _equal_states(a.state_dict, c.state_dict) == []  # EMA weights
+    assert _equal_states(a.extra["train"]["model"], c.extra["train"]["model"]) == []  # raw weights
+
+
+def test_sigkill_then_resume_is_exact(run_a, tiny_data, tmp_path) -> None:
+    """Kill a CLI run at a random moment after its first mid-epoch checkpoint, resume, compare."""
+    result_a, _ = run_a
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "efficientdet", *cli_args(tiny_data, out, "--deterministic",
+                                                           "--save-interval-steps", "1")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    last = out / "weights" / "last.pt"
+    deadline = time.time() + 60
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(random.uniform(0.0, 0.4))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = load_checkpoint(last).extra["train"]
+    resumed = train(resume=out)
+    note = f"killed after step {killed_at['step']} (epoch {killed_at['epoch']}, batch {killed_at['batch_in_epoch']})"
+    assert resumed.step == result_a.step and resumed.epochs_completed == 2, note
+    a, b = load_checkpoint(result_a.last), load_checkpoint(resumed.last)
+    assert _equal_states(a.state_dict, b.state_dict) == [], note
+    assert _equal_states(a.extra["train"]["model"], b.extra["train"]["model"]) == [], note
+
+
+def test_loss_decreases_on_a_fixed_batch(tiny_data, tmp_path) -> None:
+    trainer = Trainer(tiny_config(tiny_data, tmp_path / "r", val=False, warmup_epochs=0, lr=0.01,
+                                  deterministic=False))
+    trainer.sampler.set_epoch(0)
+    images, targets = next(iter(trainer.loader))
+    losses = []
+    for _ in range(6):
+        trainer.step = 0  # constant (peak) lr
+        losses.append(train_step(trainer, images, targets)["loss"])
+    assert losses[-1] < losses[0], losses
+
+
+class _NanAt:
+    """A loss that returns NaN on the given call numbers (0-based) and the real loss otherwise."""
+
+    def __init__(self, loss_fn, calls):
+        self.loss_fn, self.calls, self.n = loss_fn, calls, 0
+
+    def __call__(self, *args):
+        terms = self.loss_fn(*args)
+        if self.calls is None or self.n in self.calls:
+            terms = {k: v * float("nan") for k, v in terms.items()}
+        self.n += 1
+        return terms
+
+
+def test_nan_step_is_skipped_and_counted(tiny_data, tmp_path) -> None:
+    trainer = Trainer(tiny_config(tiny_data, tmp_path / "r", val=False, max_nan_steps=2, deterministic=False))
+    trainer.loss_fn = _NanAt(trainer.loss_fn, {1})
+    result = trainer.run()
+    assert result.nan_steps == 1 and result.step == 4 and trainer.ema.updates == 3
+    ckpt = load_checkpoint(result.last)
+    assert all(torch.isfinite(v).all() for v in ckpt.state_dict.values() if v.is_floating_point())
+
+
+def test_nan_streak_stops_without_saving(tiny_data, tmp_path) -> None:
+    trainer = Trainer(tiny_config(tiny_data, tmp_path / "r", val=False, max_nan_steps=2, deterministic=False))
+    trainer.loss_fn = _NanAt(trainer.loss_fn, None)
+    with pytest.raises(TrainingStopped, match="lower the lr"):
+        trainer.run()
+    assert not (tmp_path / "r" / "weights" / "last.pt").exists()
+    assert trainer.nan_steps == 2 and trainer.ema.updates == 0
+
+
+def test_next_run_dir(tmp_path) -> None:
+    assert next_run_dir(tmp_path) == tmp_path / "exp"
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp3").mkdir()
+    assert next_run_dir(tmp_path) == tmp_path / "exp2"
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (["--batch-size", "0"], "--batch-size: 0 must be a positive integer"),
+        (["--epochs", "-1"], "--epochs: -1 must be a positive integer"),
+        (["--image-size", "0"], "--image-size: 0 must be a positive integer"),
+    ],
+)
+def test_cli_bad_values(tiny_data, tmp_path, capsys, change, expected) -> None:
+    from efficientdet.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([*cli_args(tiny_data, tmp_path / "r"), *change])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and expected in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_cli_missing_annotations(tiny_data, tmp_path, capsys) -> None:
+    from efficientdet.cli import main
+
+    args = cli_args(tiny_data, tmp_path / "r")
+    args[args.index("--train-annotations") + 1] = str(tmp_path / "nope.json")
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "nope.json" in err[0]
+
+
+def test_sigint_saves_and_tells_how_to_resume(tiny_data, tmp_path) -> None:
+    out = tmp_path / "int"
+    cmd = [sys.executable, "-m", "efficientdet", *cli_args(tiny_data, out, "--epochs", "50", "--workers", "1",
+                                                           "--save-interval-steps", "1")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    last = out / "weights" / "last.pt"
+    deadline = time.time() + 60
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "resume with: efficientdet train --resume" in err and "Traceback" not in err
+    state = load_checkpoint(last).extra["train"]
+    assert 1 <= state["step"] < 100 and state["epoch"] < 50
