@@ -110,8 +110,10 @@ def verify_hash(path: Path, filename: str) -> None:
         )
 
 
-def _online(host: str = "github.com", timeout: float = 3.0) -> bool:
-    if os.environ.get("EFFICIENTDET_OFFLINE") == "1":
+def network_available(host: str = "github.com", timeout: float = 3.0) -> bool:
+    """Whether ``host`` answers on port 443 within ``timeout`` s; False at once when offline mode is set
+    (``EFFICIENTDET_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``), so offline runs fail fast instead of retrying."""
+    if os.environ.get("EFFICIENTDET_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
         return False
     try:
         socket.create_connection((host, 443), timeout=timeout).close()
@@ -128,7 +130,7 @@ def download_published(filename: str, progress: bool = True) -> Path:
             verify_hash(candidate, filename)
             return candidate
     url = RELEASE_URL + filename
-    if not _online():
+    if not network_available():
         raise WeightsError(
             f"cannot download {filename}: no network; fetch {url} elsewhere and put it at {target} "
             "(or pass --weights /path/to/that/file)"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import timm
@@ -30,18 +28,10 @@ def create_backbone(name: str, drop_path_rate: float = 0.0, pretrained: bool | s
     return model
 
 
-def _network_available(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        return False
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def _load_timm_pretrained(model: nn.Module, name: str) -> None:
-    if not _network_available():
+    from ..weights import network_available
+
+    if not network_available("huggingface.co"):
         raise WeightsError(
             f"ImageNet weights for backbone {name!r} need a download and there is no network (or "
             "HF_HUB_OFFLINE=1); download them elsewhere (timm.create_model(name, pretrained=True)) and "
