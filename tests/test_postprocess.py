@@ -67,3 +67,23 @@ def test_boxes_mapped_to_original_pixels_and_clipped():
 def test_max_det():
     out = run([[0.9, 0.8], [0.0, 0.0], [0.7, 0.6]], max_det=3)
     assert len(out["scores"]) == 3 and out["scores"].tolist() == sorted(out["scores"].tolist(), reverse=True)
+
+
+def test_prefix_nms_equals_full_nms_on_random_boxes():
+    """The short-prefix NMS shortcut gives exactly the detections of NMS over all candidates."""
+    g = torch.Generator().manual_seed(0)
+    n, c = 3000, 5
+    xy = torch.rand(n, 2, generator=g) * 400
+    anchors = torch.cat([xy, xy + 10 + torch.rand(n, 2, generator=g) * 60], 1)
+    logits = torch.randn(2, n, c, generator=g) * 2 - 3
+    deltas = torch.randn(2, n, 4, generator=g) * 0.1
+    args = (logits, deltas, anchors, torch.tensor([1.0, 0.5]), torch.tensor([[500, 500], [900, 900]]))
+    for max_det in (5, 100, 1000):
+        fast = Postprocessor(PostprocessConfig(score_threshold=0.01, max_det=max_det, topk=2000))
+        full = Postprocessor(PostprocessConfig(score_threshold=0.01, max_det=max_det, topk=2000))
+        full._hard_nms = full._nms  # no prefix shortcut
+        for a, b in zip(fast(*args), full(*args)):
+            assert len(a["scores"]) == len(b["scores"]) <= max_det
+            torch.testing.assert_close(a["boxes"], b["boxes"])
+            torch.testing.assert_close(a["scores"], b["scores"])
+            assert torch.equal(a["labels"], b["labels"])

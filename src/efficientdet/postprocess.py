@@ -188,6 +188,27 @@ class Postprocessor(nn.Module):
         return self._hard_nms(boxes, scores, labels)
 
     def _hard_nms(self, boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor) -> list[dict]:
+        """Per-class NMS for the whole batch; rows of ``scores`` are sorted (descending) per image.
+
+        Greedy NMS keeps or drops a box by looking only at higher-scoring boxes, so the first
+        ``max_det`` boxes kept from a score-sorted prefix of the candidates are exactly the first
+        ``max_det`` kept from all of them. NMS therefore runs on a short prefix first and on every
+        candidate only for images where the prefix did not yield ``max_det`` boxes.
+        """
+        cfg = self.config
+        k = scores.shape[1]
+        prefix = min(k, max(8 * cfg.max_det, 256))
+        if prefix < k:
+            out = self._nms(boxes[:, :prefix], scores[:, :prefix], labels[:, :prefix])
+            complete = [
+                len(o["scores"]) >= cfg.max_det or float(scores[i, prefix]) < cfg.score_threshold
+                for i, o in enumerate(out)
+            ]
+            if all(complete):
+                return out
+        return self._nms(boxes, scores, labels)
+
+    def _nms(self, boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor) -> list[dict]:
         cfg = self.config
         b, k = scores.shape
         keep_mask = scores >= cfg.score_threshold

@@ -122,3 +122,18 @@ def test_onnxruntime_backend_equals_torch(tmp_path, monkeypatch, tiny_checkpoint
         assert_same_detections(a.boxes, a.scores, a.labels, b)
     again = create_detector("d0", backend="onnxruntime", **kwargs)  # cached: same file
     assert again.onnx_path == onnx_det.onnx_path
+
+
+def test_onnxruntime_fixed_batch_splits_and_pads(tmp_path, monkeypatch, tiny_checkpoint, photo_files):
+    """A graph exported for batch 2 serves 3 images: one full chunk, one zero-padded chunk."""
+    from efficientdet.export.runtime import create_detector
+
+    monkeypatch.setenv("EFFICIENTDET_CACHE", str(tmp_path / "cache"))
+    kwargs = dict(weights=tiny_checkpoint, score_threshold=0.05)
+    onnx_det = create_detector("d0", backend="onnxruntime", batch=2, **kwargs)
+    assert onnx_det.session.get_inputs()[0].shape[0] == 2
+    torch_det = create_detector("d0", backend="torch", **kwargs)
+    paths = [str(p) for p in photo_files]
+    for a, b in zip(onnx_det(paths, batch_size=3), torch_det(paths)):
+        assert len(a) > 0
+        assert_same_detections(a.boxes, a.scores, a.labels, b)

@@ -43,7 +43,7 @@ class OnnxDetector(Detector):
     """A :class:`Detector` whose ``forward_network`` runs an exported ONNX file in onnxruntime (CPU)."""
 
     def __init__(self, *args: object, onnx_path: str | Path | None = None, threads: int | None = None,
-                 opset: int = 17, **kwargs: object) -> None:
+                 opset: int = 17, batch: int = 1, **kwargs: object) -> None:
         kwargs["optimize"] = False  # the exported graph is already BN-folded
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         import onnxruntime as ort
@@ -52,10 +52,13 @@ class OnnxDetector(Detector):
             raise ConfigError("--backend onnxruntime runs on the CPU here; use --device cpu or --backend torch")
         if onnx_path is None:
             folder = onnx_cache_dir()
-            onnx_path = folder / f"{self.config.name}-{self.image_size}-{_model_key(self.model, opset)}.onnx"
+            # a fixed batch size runs ~20% faster in onnxruntime than a dynamic one; other batch sizes
+            # are split / zero-padded to it in forward_network
+            key = _model_key(self.model, opset)
+            onnx_path = folder / f"{self.config.name}-{self.image_size}-b{batch}-{key}.onnx"
             if not Path(onnx_path).is_file():
                 tmp = Path(onnx_path).with_suffix(f".{os.getpid()}.tmp")
-                export_onnx(self.model, tmp, dynamic_batch=True, opset=opset)
+                export_onnx(self.model, tmp, batch=batch, opset=opset)
                 os.replace(tmp, onnx_path)
         self.onnx_path = Path(onnx_path)
         options = ort.SessionOptions()
@@ -69,8 +72,20 @@ class OnnxDetector(Detector):
     def forward_network(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised (B, 3, S, S) float batch -> (B, N, C) logits and (B, N, 4) deltas from onnxruntime."""
         x = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
-        cls, box = self.session.run(["cls_logits", "box_deltas"], {"images": x})
-        return torch.from_numpy(cls), torch.from_numpy(box)
+        fixed = self.session.get_inputs()[0].shape[0]
+        if not isinstance(fixed, int) or fixed == len(x):
+            cls, box = self.session.run(["cls_logits", "box_deltas"], {"images": x})
+            return torch.from_numpy(cls), torch.from_numpy(box)
+        outs_cls, outs_box = [], []
+        for start in range(0, len(x), fixed):  # split into chunks of the exported batch, pad the last
+            chunk = x[start : start + fixed]
+            n = len(chunk)
+            if n < fixed:
+                chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), np.float32)])
+            cls, box = self.session.run(["cls_logits", "box_deltas"], {"images": chunk})
+            outs_cls.append(cls[:n])
+            outs_box.append(box[:n])
+        return torch.from_numpy(np.concatenate(outs_cls)), torch.from_numpy(np.concatenate(outs_box))
 
 
 def create_detector(model: object = "efficientdet_d0", backend: str = "torch", **kwargs: object) -> Detector:
