@@ -60,3 +60,32 @@ def test_max_pool_same_matches_tf_padding(n, out):
     if n == 8:  # TF pads only at the bottom/right for even sizes: window of output 0 is rows/cols 0..2
         assert y[0, 0, 0, 0].item() == x[0, 0, 2, 2].item()
         assert y[0, 0, -1, -1].item() == x[0, 0, 7, 7].item()
+
+
+def test_backbone_checkpointing_gives_the_same_gradients():
+    from efficientdet import create_model
+
+    torch.manual_seed(0)
+    model = create_model("d0", num_classes=3, image_size=128, fpn_channels=16, fpn_layers=1, head_layers=1,
+                         backbone_drop_path=0.0).train()
+    x = torch.randn(2, 3, 128, 128)
+
+    def grads(stages: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        model.checkpoint_stages = stages
+        cls, box = model(x)
+        loss = sum(c.float().pow(2).mean() for c in cls) + sum(b.float().pow(2).mean() for b in box)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    ref_loss, ref = grads(0)
+    model.load_state_dict(state)  # undo the BN running-stat update of the first pass
+    loss, got = grads(2)
+    torch.testing.assert_close(loss, ref_loss)
+    assert len(got) == len(ref)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    model.checkpoint_stages = 3  # would checkpoint through the P3 output
+    with pytest.raises(ValueError, match="at most 2"):
+        model(x)

@@ -46,9 +46,45 @@ class EfficientDet(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
+    #: training only: recompute the stem and first N backbone stages in the backward pass instead of
+    #: keeping their activations (the high-resolution ones, most of the memory); 0 = off. Gradients are
+    #: unchanged; the BN running statistics of those stages see each batch twice (the recomputation).
+    checkpoint_stages: int = 0
+
     def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        feats = self.fpn(self.backbone(images))
+        if self.checkpoint_stages and self.training and torch.is_grad_enabled():
+            feats = self._backbone_checkpointed(images)
+        else:
+            feats = self.backbone(images)
+        feats = self.fpn(feats)
         return self.class_net(feats), self.box_net(feats)
+
+    def _backbone_checkpointed(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """timm ``EfficientNetFeatures.forward`` with the stem and first stages checkpointed."""
+        from torch.utils.checkpoint import checkpoint
+
+        bb = self.backbone
+        out_idx = getattr(bb, "_stage_out_idx", None)
+        if out_idx is None or getattr(bb, "feature_hooks", None) is not None:  # another timm layout
+            return bb(images)
+        n = self.checkpoint_stages
+
+        def head(x: torch.Tensor) -> torch.Tensor:
+            x = bb.bn1(bb.conv_stem(x))
+            for b in bb.blocks[:n]:
+                x = b(x)
+            return x
+
+        x = checkpoint(head, images, use_reentrant=False)
+        feats = []
+        for i, b in enumerate(bb.blocks):
+            if i >= n:
+                x = b(x)
+            if i + 1 in out_idx:
+                if i < n:
+                    raise ValueError(f"checkpoint_stages={n} reaches an output stage; use at most {i}")
+                feats.append(x)
+        return feats
 
     def reset_classes(self, num_classes: int) -> None:
         """New class predictor for ``num_classes`` (fine-tuning); everything else is kept."""

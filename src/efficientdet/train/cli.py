@@ -55,6 +55,8 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
                    help="EMA warm-up time constant: decay * (1 - exp(-updates / N)); 0 = off")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision (default: fp16 on CUDA, bf16 on CPUs with native bf16)")
+    p.add_argument("--checkpoint-stages", type=non_negative_int, default=0, metavar="N",
+                   help="recompute the stem and first N backbone stages in backward: less memory, ~10%% slower")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="channels-last memory format (default on: faster convolutions on CPU and GPU)")
     p.add_argument("--freeze-backbone", action="store_true")
@@ -97,7 +99,8 @@ def config_from_args(args: argparse.Namespace):  # -> TrainConfig
         lr=args.lr, optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, clip_grad=args.clip_grad, ema_decay=args.ema_decay,
         ema_warmup_steps=args.ema_warmup_steps, amp=args.amp, channels_last=args.channels_last,
-        freeze_backbone=args.freeze_backbone, freeze_bn=args.freeze_bn, weights=args.weights,
+        freeze_backbone=args.freeze_backbone, checkpoint_stages=args.checkpoint_stages, freeze_bn=args.freeze_bn,
+        weights=args.weights,
         pretrained_backbone=args.pretrained_backbone, model_overrides=dict(args.model_override),
         scale_min=args.scale_min, scale_max=args.scale_max, seed=args.seed, deterministic=args.deterministic,
         out=args.out, val_interval=args.val_interval,

@@ -56,6 +56,7 @@ class TrainConfig:
     amp: bool | None = None
     channels_last: bool = True  # about 1.3x faster training on CPU (BENCHMARKS.md)
     freeze_backbone: bool = False
+    checkpoint_stages: int = 0  # recompute the stem + first N backbone stages in backward (less memory)
     freeze_bn: bool = False
     weights: str | None = None
     pretrained_backbone: str | None = None

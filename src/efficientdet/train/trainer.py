@@ -126,6 +126,7 @@ class Trainer:
             self.model.freeze_backbone()
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.model.checkpoint_stages = cfg.checkpoint_stages
         self.num_classes = self.model.config.num_classes
         self.ema = ModelEma(self.model, cfg.ema_decay, cfg.ema_warmup_steps)
         self.optimizer = build_optimizer(self.model, cfg.optimizer, cfg.peak_lr, cfg.momentum, cfg.weight_decay)
