@@ -45,44 +45,26 @@ def _all_options(parser: argparse.ArgumentParser) -> list[str]:
     return sorted(set(options))
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be a positive integer")
-    return value
+def _typed(cast: type, what: str, ok, requirement: str):
+    """An argparse ``type=`` that converts with ``cast`` and checks ``ok(value)`` (NaN never passes)."""
+
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{value} {requirement}")
+        return value
+
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
-    return value
-
-
-def unit_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{value} must be in [0, 1]")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value} must be > 0")
-    return value
+positive_int = _typed(int, "an integer", lambda v: v > 0, "must be a positive integer")
+non_negative_int = _typed(int, "an integer", lambda v: v >= 0, "must be >= 0")
+unit_float = _typed(float, "a number", lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]")
+positive_float = _typed(float, "a number", lambda v: v > 0, "must be > 0")
+non_negative_float = _typed(float, "a number", lambda v: v >= 0, "must be >= 0")
 
 
 def image_size(text: str) -> int:

@@ -16,19 +16,9 @@ def _override(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(value)
 
 
-def _fraction_or_more(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
-    return value
-
-
 def add_train_parser(sub: Any) -> argparse.ArgumentParser:
     """Register ``train`` on the ``efficientdet`` sub-command parser."""
-    from ..cli import image_size, non_negative_int, positive_float, positive_int
+    from ..cli import image_size, non_negative_float, non_negative_int, positive_float, positive_int
 
     p = sub.add_parser(
         "train", help="train or fine-tune a model",
@@ -47,11 +37,11 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=positive_float, default=None, help="peak lr (default 0.08 * batch / 64)")
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
     p.add_argument("--momentum", type=positive_float, default=0.9)
-    p.add_argument("--weight-decay", type=_fraction_or_more, default=4e-5)
-    p.add_argument("--warmup-epochs", type=_fraction_or_more, default=1.0)
+    p.add_argument("--weight-decay", type=non_negative_float, default=4e-5)
+    p.add_argument("--warmup-epochs", type=non_negative_float, default=1.0)
     p.add_argument("--clip-grad", type=positive_float, default=10.0)
-    p.add_argument("--ema-decay", type=_fraction_or_more, default=0.9998)
-    p.add_argument("--ema-warmup-steps", type=_fraction_or_more, default=2000.0,
+    p.add_argument("--ema-decay", type=non_negative_float, default=0.9998)
+    p.add_argument("--ema-warmup-steps", type=non_negative_float, default=2000.0,
                    help="EMA warm-up time constant: decay * (1 - exp(-updates / N)); 0 = off")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision (default: fp16 on CUDA, bf16 on CPUs with native bf16)")
