@@ -102,3 +102,11 @@ def test_console_script_errors_are_one_line(tmp_path, photo_files, args, needle)
     assert needle in proc.stderr
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) <= 2
+
+
+def test_predict_on_exif_rotated_file_reports_displayed_size(tmp_path, photo_files, tiny_weights, capsys):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed rotated by 90 degrees
+    Image.open(photo_files[0]).save(tmp_path / "rotated.jpg", exif=exif.tobytes())
+    assert main(["predict", str(tmp_path / "rotated.jpg"), "--weights", str(tiny_weights)]) == 0
+    assert "rotated.jpg: 200x320" in capsys.readouterr().out

@@ -287,3 +287,15 @@ def test_to_pil_path_and_pil_modes(tmp_path):
     assert to_pil(path).mode == "RGB" and to_pil(str(path)).size == (3, 2)
     assert to_pil(Image.new("RGBA", (2, 2), (5, 6, 7, 0))).getpixel((0, 0)) == (5, 6, 7)
     assert to_pil(Image.new("CMYK", (2, 2), (0, 0, 0, 0))).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_loaded_rotated_image_is_not_rotated_again(tmp_path):
+    """load_image applies EXIF orientation once; converting its result again keeps it upright."""
+    from efficientdet.images import load_image, to_pil
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (32, 20), (10, 20, 30)).save(tmp_path / "rot.jpg", exif=exif.tobytes())
+    loaded = load_image(tmp_path / "rot.jpg")
+    assert loaded.size == (20, 32)
+    assert to_pil(loaded).size == (20, 32)

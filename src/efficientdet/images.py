@@ -116,7 +116,7 @@ def _rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode -> 8-bit RGB (16-bit scaled by >> 8, float assumed in [0, 1] or [0, 255])."""
     mode = image.mode
     if mode == "RGB":
-        return image.copy()  # the source file is closed after decoding
+        return image
     if mode in _SIXTEEN_BIT_MODES:
         arr = np.asarray(image).astype(np.int64)
         arr = (np.clip(arr, 0, 65535) >> 8).astype(np.uint8)
@@ -139,6 +139,23 @@ def _float_to_uint8(arr: np.ndarray) -> np.ndarray:
     return np.clip(np.round(arr), 0, 255).astype(np.uint8)
 
 
+def _upright_rgb(image: Image.Image) -> Image.Image:
+    """Decode ``image``, convert it to RGB and apply its EXIF orientation.
+
+    A rotated result has its orientation metadata removed, so converting it again (``to_pil`` on
+    what ``load_image`` returned) never rotates twice. May return ``image`` itself when nothing
+    changes.
+    """
+    orientation = _orientation(image)
+    image.load()
+    rgb = _rgb(image)
+    if orientation != 1:
+        rgb = rgb.transpose(_TRANSPOSE[orientation])
+        for key in ("exif", "xmp", "XML:com.adobe.xmp"):
+            rgb.info.pop(key, None)
+    return rgb
+
+
 def load_image(source: str | Path | bytes) -> Image.Image:
     """Read an image file (or its bytes) as a fully decoded 8-bit RGB PIL image.
 
@@ -153,13 +170,10 @@ def load_image(source: str | Path | bytes) -> Image.Image:
     name = _name(source)
     image = _open(source)
     try:
-        orientation = _orientation(image)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            image.load()
-            rgb = _rgb(image)
-            if orientation != 1:
-                rgb = rgb.transpose(_TRANSPOSE[orientation])
+            rgb = _upright_rgb(image)
+            rgb = image.copy() if rgb is image else rgb  # the file is closed below
             rgb.load()
     except DataError:
         raise
@@ -244,12 +258,7 @@ def to_pil(image: Any) -> Image.Image:
     if isinstance(image, Image.Image):
         what = "PIL image"
         try:
-            orientation = _orientation(image)
-            image.load()
-            rgb = _rgb(image)
-            if orientation != 1:
-                rgb = rgb.transpose(_TRANSPOSE[orientation])
-            return rgb
+            return _upright_rgb(image)
         except Exception as e:
             raise DataError(f"{what}: cannot convert mode {image.mode} to RGB ({_reason(e)})") from e
     if isinstance(image, np.ndarray):
