@@ -142,7 +142,7 @@ def main() -> None:
         cls, box = det.forward_network(batch)
         with torch.inference_mode():
             res[f"postprocess_thr{thr}_ms"] = timeit(
-                lambda d=det, c=cls, b=box, s=scales, z=sizes: d.postprocess(c, b, d.anchors, s, z, d.class_mask),
+                lambda d=det, c=cls, b=box, s=scales, z=sizes: d.postprocess_outputs(c, b, s, z),
                 args.runs, args.warmup)
     x = torch.randn(1, 3, size, size)
     with torch.inference_mode():

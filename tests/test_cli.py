@@ -65,6 +65,8 @@ def test_models_json_lists_family_with_exact_params(capsys):
     assert rows["efficientdet_d0"]["params"] == 3_880_067 and rows["efficientdet_d0"]["input_size"] == 512
     assert abs(rows["efficientdet_d7x"]["flops"] / 410e9 - 1) < 0.03
     assert len(rows) == 15
+    assert rows["efficientdet_d0"]["published_weights"] == "tf_efficientdet_d0_34-f153e0cf.pth"
+    assert rows["efficientdet_d0"]["coco_ap"] == 34.2
 
 
 def test_eval_predictions_file_by_file_name(tmp_path, photo_files, capsys):

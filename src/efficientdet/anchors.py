@@ -32,10 +32,6 @@ def feature_sizes(image_size: tuple[int, int], min_level: int, max_level: int) -
     return sizes
 
 
-def num_anchors_per_location(num_scales: int = 3, aspect_ratios: Sequence = DEFAULT_ASPECT_RATIOS) -> int:
-    return num_scales * len(aspect_ratios)
-
-
 def generate_anchors(
     image_size: int | tuple[int, int],
     min_level: int = 3,

@@ -202,6 +202,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     from .anchors import generate_anchors
     from .complexity import measure
     from .variants import VARIANTS, compound_scaling
+    from .weights import PUBLISHED_AP, PUBLISHED_FILES
 
     rows = []
     configs = list(VARIANTS.values())
@@ -214,7 +215,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         rows.append({"name": cfg.name, "input_size": cfg.image_size, "params": m["params"], "flops": m["flops"],
                      "paper_flops": cfg.paper_flops, "backbone": cfg.backbone, "fpn_channels": cfg.fpn_channels,
                      "fpn_layers": cfg.fpn_layers, "head_layers": cfg.head_layers, "fusion": cfg.fusion,
-                     "anchors": n_anchors})
+                     "anchors": n_anchors, "published_weights": PUBLISHED_FILES.get(cfg.name),
+                     "coco_ap": PUBLISHED_AP.get(cfg.name)})
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0

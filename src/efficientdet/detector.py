@@ -169,9 +169,10 @@ class Detector:
         return flatten_outputs(cls, box, self.config.num_classes)
 
     @torch.inference_mode()
-    def detect_batch(self, images: Sequence[Image.Image]) -> list[dict[str, torch.Tensor]]:
-        batch, scales, sizes = self.preprocess(images)
-        cls, box = self.forward_network(batch)
+    def postprocess_outputs(
+        self, cls: torch.Tensor, box: torch.Tensor, scales: torch.Tensor, sizes: torch.Tensor
+    ) -> list[dict[str, torch.Tensor]]:
+        """Flattened outputs + the preprocessing's scales and original sizes -> per-image detections."""
         return self.postprocess(cls, box, self.anchors, scales.to(self.device), sizes.to(self.device), self.class_mask)
 
     # -- public -----------------------------------------------------------------------------------
@@ -195,10 +196,7 @@ class Detector:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         t2 = time.perf_counter()
-        with torch.inference_mode():
-            outs = self.postprocess(
-                cls, box, self.anchors, scales.to(self.device), sizes.to(self.device), self.class_mask
-            )
+        outs = self.postprocess_outputs(cls, box, scales, sizes)
         t3 = time.perf_counter()
         n = len(chunk)
         timings = {

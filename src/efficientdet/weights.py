@@ -26,7 +26,7 @@ import torch
 
 from .coco_classes import coco90_classes
 from .errors import WeightsError
-from .variants import VARIANTS, canonical_name
+from .variants import canonical_name
 
 FORMAT = "efficientdet"
 RELEASE_URL = "https://github.com/rwightman/efficientdet-pytorch/releases/download/v0.1/"
@@ -346,12 +346,4 @@ def architecture_mismatch(a: dict, b: dict) -> str | None:
     ):
         if key in a and key in b and a[key] != b[key]:
             return f"{key} {a[key]!r} vs {b[key]!r}"
-    return None
-
-
-def variant_of(config: dict) -> str | None:
-    """The official variant whose architecture equals ``config``, if any."""
-    for name, row in VARIANTS.items():
-        if architecture_mismatch(row.to_dict(), config) is None:
-            return name
     return None
