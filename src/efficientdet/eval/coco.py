@@ -371,6 +371,7 @@ def evaluate_detections(
     class_names: dict[int, str] | None = None,
     backend: str = "pycocotools",
     quiet: bool = True,
+    return_precision: bool = False,
 ) -> dict:
     """COCO bbox evaluation of ``detections`` against ``ground_truth``.
 
@@ -381,6 +382,9 @@ def evaluate_detections(
         class_names: category id -> name for the ``per_class`` keys (default: the GT category names).
         backend: ``"pycocotools"`` or ``"faster-coco-eval"``; both give the same numbers.
         quiet: suppress the backend's progress and summary prints.
+        return_precision: also return ``precision_iou50`` (101 recall points x K classes, COCOeval's
+            precision at IoU 0.5, area 'all', 100 detections; -1 where undefined) and ``category_ids``
+            (its K columns), for precision-recall plots.
 
     Returns:
         Plain floats ``AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl`` (COCOeval's 12
@@ -440,6 +444,9 @@ def evaluate_detections(
     )
     if isinstance(detections, Predictions):
         metrics["num_unmatched_file_names"] = detections.num_unmatched
+    if return_precision:
+        metrics["precision_iou50"] = precision[0, :, :, 0, -1]
+        metrics["category_ids"] = eval_cat_ids
     return metrics
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import math
 import re
 from pathlib import Path
@@ -113,21 +111,10 @@ def precision_recall(ground_truth: dict, detections: list[dict]) -> tuple[np.nda
 
     -1 marks undefined entries (no ground truth). Returns ``(precision, category ids)``.
     """
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+    from ..eval.coco import evaluate_detections
 
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO()
-        gt.dataset = ground_truth
-        gt.createIndex()
-        dets = [dict(d, id=i + 1, area=d["bbox"][2] * d["bbox"][3], iscrowd=0) for i, d in enumerate(detections)]
-        dt = COCO()
-        dt.dataset = {"images": ground_truth["images"], "categories": ground_truth["categories"], "annotations": dets}
-        dt.createIndex()
-        ev = COCOeval(gt, dt, "bbox")
-        ev.evaluate()
-        ev.accumulate()
-    return np.asarray(ev.eval["precision"])[0, :, :, 0, -1], list(ev.params.catIds)
+    metrics = evaluate_detections(ground_truth, detections, return_precision=True)
+    return np.asarray(metrics["precision_iou50"]), list(metrics["category_ids"])
 
 
 def plot_pr(ground_truth: dict, detections: list[dict], names: dict[int, str], path: Path) -> Path:
