@@ -62,6 +62,20 @@ def test_max_pool_same_matches_tf_padding(n, out):
         assert y[0, 0, -1, -1].item() == x[0, 0, 7, 7].item()
 
 
+def test_max_pool_same_equals_explicit_minus_inf_padding():
+    # the pool avoids a padding copy (ceil_mode + symmetric padding); compare with TF's explicit padding
+    torch.manual_seed(0)
+    for h in range(1, 12):
+        for w in (1, 2, 5, 8, 9):
+            x = torch.randn(2, 3, h, w)
+            ph = max(((h + 1) // 2 - 1) * 2 + 3 - h, 0)
+            pw = max(((w + 1) // 2 - 1) * 2 + 3 - w, 0)
+            padded = torch.nn.functional.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2], value=float("-inf"))
+            expected = torch.nn.functional.max_pool2d(padded, 3, 2)
+            assert expected.shape[-2:] == ((h + 1) // 2, (w + 1) // 2)
+            torch.testing.assert_close(max_pool_same(x), expected, atol=0, rtol=0)
+
+
 def test_backbone_checkpointing_gives_the_same_gradients():
     from efficientdet import create_model
 

@@ -53,10 +53,11 @@ def max_pool_same(x: torch.Tensor) -> torch.Tensor:
 
     TF pads ``total = max((ceil(n/2) - 1) * 2 + 3 - n, 0)`` with the smaller half first, i.e. only
     on the bottom/right for even sizes; PyTorch's symmetric ``padding=1`` would shift the windows.
+    Instead of padding with a copy, the pool uses ``padding = total // 2`` on both sides and
+    ``ceil_mode``: the extra bottom/right window then reads one row/column past the input, which
+    max pooling ignores, exactly like TF's -inf padding (output size and windows are identical).
     """
     h, w = int(x.shape[-2]), int(x.shape[-1])
     ph = max(((h + 1) // 2 - 1) * 2 + 3 - h, 0)
     pw = max(((w + 1) // 2 - 1) * 2 + 3 - w, 0)
-    if ph or pw:
-        x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2], value=float("-inf"))
-    return F.max_pool2d(x, 3, 2)
+    return F.max_pool2d(x, 3, 2, padding=(ph // 2, pw // 2), ceil_mode=True)
