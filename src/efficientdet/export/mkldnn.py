@@ -101,7 +101,8 @@ def fuse_conv_activations(module: nn.Module) -> int:
     A conv is fused with an activation when the activation is the very next child registered in the
     same parent (the order timm and this package call them in: ``conv_pw``/``bn1``, ``conv_dw``/``bn2``,
     ``conv_reduce``/``act1``, ``conv_expand``/``gate`` after BN folding); timm's ``Conv2dSame`` becomes
-    a :class:`FusedConv2d` without padding copies; other convs stay (aten's kernel is as fast). Only for models whose children run in registration order
+    a :class:`FusedConv2d` without padding copies; other convs stay (aten's kernel is as fast). Only for
+    models whose children run in registration order
     (tested against the unfused model for D0, Lite0 and D7x).
     """
     count = 0
