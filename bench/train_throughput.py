@@ -48,6 +48,10 @@ def _ours(variant: str):
     channels_last = "cl" in variant
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if "nact" in variant:  # BN + SiLU as one autograd node keeping only the BN input
+        from efficientdet.model.norm_act import use_memory_efficient_norm_act
+
+        use_memory_efficient_norm_act(model)
     if "ckpt" in variant:  # recompute the stem + first N backbone stages in backward (e.g. ckpt2)
         model.checkpoint_stages = int(variant.split("ckpt")[1][:1] or 2)
     cfg = model.config

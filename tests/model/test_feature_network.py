@@ -103,3 +103,56 @@ def test_backbone_checkpointing_gives_the_same_gradients():
     model.checkpoint_stages = 3  # would checkpoint through the P3 output
     with pytest.raises(ValueError, match="at most 2"):
         model(x)
+
+
+def test_memory_efficient_bn_silu_equals_bn_then_silu():
+    import copy
+
+    from timm.layers.norm_act import BatchNormAct2d
+
+    from efficientdet.model.norm_act import BatchNormSiLU2d, batch_norm_silu, use_memory_efficient_norm_act
+
+    torch.manual_seed(0)
+    for dtype, channels_last in [(torch.float64, False), (torch.float32, True)]:
+        ref = BatchNormAct2d(5, act_layer=torch.nn.SiLU, momentum=0.1).to(dtype)
+        with torch.no_grad():
+            ref.weight.uniform_(0.5, 1.5)
+            ref.bias.normal_()
+        new = copy.deepcopy(ref)
+        assert use_memory_efficient_norm_act(torch.nn.Sequential(new)) == 1 and type(new) is BatchNormSiLU2d
+        x = torch.randn(3, 5, 6, 7, dtype=dtype) * 2 + 1
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        grad = torch.randn(3, 5, 6, 7, dtype=dtype)
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = ref(xa), new(xb)
+        (ya * grad).sum().backward()
+        (yb * grad).sum().backward()
+        tol = {"atol": 1e-12, "rtol": 1e-12} if dtype == torch.float64 else {"atol": 1e-5, "rtol": 1e-5}
+        torch.testing.assert_close(yb, ya, **tol)
+        torch.testing.assert_close(xb.grad, xa.grad, **tol)
+        torch.testing.assert_close(new.weight.grad, ref.weight.grad, **tol)
+        torch.testing.assert_close(new.bias.grad, ref.bias.grad, **tol)
+        torch.testing.assert_close(new.running_mean, ref.running_mean, **tol)
+        torch.testing.assert_close(new.running_var, ref.running_var, **tol)
+        assert int(new.num_batches_tracked) == int(ref.num_batches_tracked) == 1
+        # the autograd graph keeps the BN input only: one saved full-size tensor instead of three
+        assert yb.grad_fn.name().endswith("_BatchNormSiLUFunctionBackward")
+        ref.eval(), new.eval()
+        torch.testing.assert_close(new(x), ref(x), atol=0, rtol=0)
+    # the head's plain BatchNorm2d + SiLU goes through the same function
+    bn = torch.nn.BatchNorm2d(4)
+    x = torch.randn(2, 4, 3, 3, requires_grad=True)
+    assert batch_norm_silu(bn, x).grad_fn.name().endswith("_BatchNormSiLUFunctionBackward")
+    with torch.no_grad():
+        assert batch_norm_silu(bn, x).grad_fn is None
+
+
+def test_backbone_uses_memory_efficient_norm_act():
+    from efficientdet import create_model
+    from efficientdet.model.norm_act import BatchNormSiLU2d
+
+    model = create_model("d0", num_classes=3, image_size=128, fpn_channels=16, fpn_layers=1, head_layers=1)
+    assert sum(isinstance(m, BatchNormSiLU2d) for m in model.backbone.modules()) >= 30
+    lite = create_model("lite0", num_classes=3, image_size=128, fpn_channels=16, fpn_layers=1, head_layers=1)
+    assert not any(isinstance(m, BatchNormSiLU2d) for m in lite.backbone.modules())  # ReLU6 stays as is

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import WeightsError
+from .norm_act import use_memory_efficient_norm_act
 
 
 def create_backbone(name: str, drop_path_rate: float = 0.0, pretrained: bool | str | Path = False) -> nn.Module:
@@ -21,6 +22,7 @@ def create_backbone(name: str, drop_path_rate: float = 0.0, pretrained: bool | s
             or a local file with the backbone's (timm classification or features) state dict.
     """
     model = timm.create_model(name, features_only=True, out_indices=(2, 3, 4), drop_path_rate=drop_path_rate)
+    use_memory_efficient_norm_act(model)  # same numbers, ~1/3 less activation memory in training
     if pretrained is True:
         _load_timm_pretrained(model, name)
     elif pretrained:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .layers import SeparableConv, activation, batch_norm
+from .norm_act import batch_norm_silu
 
 PRIOR_PROBABILITY = 0.01
 
@@ -35,9 +36,11 @@ class Head(nn.Module):
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         outputs = []
+        silu = type(self.act) is nn.SiLU
         for level, x in enumerate(feats):
             for conv, norms in zip(self.convs, self.norms):
-                x = self.act(norms[level](conv(x)))
+                # BN + SiLU as one autograd node in training (keeps only the BN input; model/norm_act.py)
+                x = batch_norm_silu(norms[level], conv(x)) if silu else self.act(norms[level](conv(x)))
             outputs.append(self.predict(x))
         return outputs
 

@@ -168,7 +168,9 @@ class Trainer:
         self.ddp: nn.Module = self.model
         if self.distributed:
             if device_type == "cuda":
-                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+                from timm.layers import convert_sync_batchnorm  # keeps timm's BN+activation layers whole
+
+                self.model = convert_sync_batchnorm(self.model)
             self.ddp = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if device_type == "cuda" else None)
         from .distributed import EpochBatchSampler
