@@ -105,6 +105,10 @@ def measure(impl: str, variant: str, steps: int, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    if "malloc" in variant:  # what the efficientdet command does at start-up (efficientdet/memory.py)
+        from efficientdet.memory import tune_malloc
+
+        assert tune_malloc()
     step = (_ours if impl == "ours" else _effdet)(variant)
     for _ in range(2):
         step()

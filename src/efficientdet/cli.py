@@ -351,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from .memory import tune_malloc
+
+    tune_malloc()  # reuse freed large blocks instead of page-faulting them in again (memory.py)
     try:
         return int(args.func(args) or 0)
     except EfficientDetError as exc:

@@ -94,12 +94,17 @@ def test_backbone_checkpointing_gives_the_same_gradients():
 
     state = {k: v.clone() for k, v in model.state_dict().items()}
     ref_loss, ref = grads(0)
+    ref_state = {k: v.clone() for k, v in model.state_dict().items()}
     model.load_state_dict(state)  # undo the BN running-stat update of the first pass
     loss, got = grads(2)
     torch.testing.assert_close(loss, ref_loss)
     assert len(got) == len(ref)
     for a, b in zip(got, ref):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    # the recomputation in backward does not update the BN running statistics a second time
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, ref_state[key], rtol=1e-5, atol=1e-7, msg=key)
+    assert model.checkpointable_stages() == 2
     model.checkpoint_stages = 3  # would checkpoint through the P3 output
     with pytest.raises(ValueError, match="at most 2"):
         model(x)

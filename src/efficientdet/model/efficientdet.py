@@ -47,8 +47,8 @@ class EfficientDet(nn.Module):
                     nn.init.zeros_(m.bias)
 
     #: training only: recompute the stem and first N backbone stages in the backward pass instead of
-    #: keeping their activations (the high-resolution ones, most of the memory); 0 = off. Gradients are
-    #: unchanged; the BN running statistics of those stages see each batch twice (the recomputation).
+    #: keeping their activations (the high-resolution ones, most of the memory); 0 = off. Gradients and
+    #: BN running statistics are unchanged (the recomputation does not update the statistics again).
     checkpoint_stages: int = 0
 
     def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -59,6 +59,13 @@ class EfficientDet(nn.Module):
         feats = self.fpn(feats)
         return self.class_net(feats), self.box_net(feats)
 
+    def checkpointable_stages(self) -> int:
+        """The largest valid ``checkpoint_stages``: the backbone stages before the first output (0 if unknown)."""
+        out_idx = getattr(self.backbone, "_stage_out_idx", None)
+        if not out_idx or getattr(self.backbone, "feature_hooks", None) is not None:
+            return 0
+        return min(out_idx) - 1
+
     def _backbone_checkpointed(self, images: torch.Tensor) -> list[torch.Tensor]:
         """timm ``EfficientNetFeatures.forward`` with the stem and first stages checkpointed."""
         from torch.utils.checkpoint import checkpoint
@@ -67,12 +74,29 @@ class EfficientDet(nn.Module):
         out_idx = getattr(bb, "_stage_out_idx", None)
         if out_idx is None or getattr(bb, "feature_hooks", None) is not None:  # another timm layout
             return bb(images)
-        n = self.checkpoint_stages
+        n, limit = self.checkpoint_stages, self.checkpointable_stages()
+        if n > limit:
+            raise ValueError(f"checkpoint_stages={n} reaches an output stage; use at most {limit}")
+        norms = [m for part in (bb.conv_stem, bb.bn1, *bb.blocks[:n]) for m in part.modules()
+                 if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        calls = [0]
 
         def head(x: torch.Tensor) -> torch.Tensor:
-            x = bb.bn1(bb.conv_stem(x))
-            for b in bb.blocks[:n]:
-                x = b(x)
+            calls[0] += 1
+            recompute = calls[0] > 1  # the backward pass re-running the forward: keep the BN statistics
+            saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
+                     for m in norms] if recompute else []
+            for m in norms if recompute else []:
+                m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
+            try:
+                x = bb.bn1(bb.conv_stem(x))
+                for b in bb.blocks[:n]:
+                    x = b(x)
+            finally:
+                for m, (momentum, tracked) in zip(norms, saved):
+                    m.momentum = momentum
+                    if tracked is not None:
+                        m.num_batches_tracked.copy_(tracked)
             return x
 
         x = checkpoint(head, images, use_reentrant=False)
@@ -81,8 +105,6 @@ class EfficientDet(nn.Module):
             if i >= n:
                 x = b(x)
             if i + 1 in out_idx:
-                if i < n:
-                    raise ValueError(f"checkpoint_stages={n} reaches an output stage; use at most {i}")
                 feats.append(x)
         return feats
 

@@ -44,9 +44,10 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--ema-warmup-steps", type=non_negative_float, default=2000.0,
                    help="EMA warm-up time constant: decay * (1 - exp(-updates / N)); 0 = off")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="mixed precision (default: fp16 on CUDA, bf16 on CPUs with native bf16)")
-    p.add_argument("--checkpoint-stages", type=non_negative_int, default=0, metavar="N",
-                   help="recompute the stem and first N backbone stages in backward: less memory, ~10%% slower")
+                   help="mixed precision (default: fp16 on CUDA, bf16 on CPUs with AMX bf16 units)")
+    p.add_argument("--checkpoint-stages", type=non_negative_int, default=None, metavar="N",
+                   help="recompute the stem and first N backbone stages in backward: less memory, ~5%% slower "
+                        "(default: 2 on the CPU, 0 on CUDA)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="channels-last memory format (default on: faster convolutions on CPU and GPU)")
     p.add_argument("--freeze-backbone", action="store_true")

@@ -28,7 +28,8 @@ class TrainConfig:
     batch_size / 64); ``warmup_epochs`` may be fractional; ``ema_warmup_steps`` is the time constant
     tau of the EMA warm-up ``decay_t = ema_decay * (1 - exp(-updates / tau))`` (0 disables it), so
     short runs are not dominated by the random initial weights; ``amp`` ``None`` = automatic (fp16 +
-    GradScaler on CUDA, bf16 autocast on CPUs with native bf16); ``scale_min``/``scale_max`` are the
+    GradScaler on CUDA, bf16 autocast on CPUs with AMX); ``checkpoint_stages`` ``None`` = 2 on the CPU,
+    0 on CUDA; ``scale_min``/``scale_max`` are the
     scale-jitter factors of the image size; ``save_interval_steps`` (0 = off) also checkpoints
     mid-epoch; ``max_nan_steps`` non-finite steps in a row stop the run; ``patience`` (evaluations
     without AP improvement) stops early; ``model_overrides`` are :class:`ModelConfig` fields.
@@ -56,7 +57,7 @@ class TrainConfig:
     amp: bool | None = None
     channels_last: bool = True  # about 1.3x faster training on CPU (BENCHMARKS.md)
     freeze_backbone: bool = False
-    checkpoint_stages: int = 0  # recompute the stem + first N backbone stages in backward (less memory)
+    checkpoint_stages: int | None = None  # recompute stem + first N backbone stages in backward; None: 2 on CPU
     freeze_bn: bool = False
     weights: str | None = None
     pretrained_backbone: str | None = None

@@ -126,7 +126,10 @@ class Trainer:
             self.model.freeze_backbone()
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.model.checkpoint_stages = cfg.checkpoint_stages
+        if cfg.checkpoint_stages is None:  # CPU: ~300 MB less for D0 at batch 4 for ~5% time (BENCHMARKS.md)
+            self.model.checkpoint_stages = 0 if device_type == "cuda" else min(2, self.model.checkpointable_stages())
+        else:
+            self.model.checkpoint_stages = cfg.checkpoint_stages
         self.num_classes = self.model.config.num_classes
         self.ema = ModelEma(self.model, cfg.ema_decay, cfg.ema_warmup_steps)
         self.optimizer = build_optimizer(self.model, cfg.optimizer, cfg.peak_lr, cfg.momentum, cfg.weight_decay)
@@ -386,9 +389,13 @@ def _init_worker(worker_id: int) -> None:
 
 
 def _cpu_bf16_fast() -> bool:
-    """bf16 autocast on CPU only where the CPU has native bf16 (AVX512-BF16 / AMX)."""
+    """bf16 autocast on CPU only where it is faster: CPUs with AMX tiles.
+
+    With AVX512-BF16 alone (no AMX) a D0 training step measured 40% slower in bf16 than in float32
+    on the 2-core benchmark machine (BENCHMARKS.md), so those CPUs train in float32 by default.
+    """
     try:
-        return bool(torch.cpu._is_avx512_bf16_supported())
+        return bool(torch.cpu._is_amx_tile_supported())
     except AttributeError:
         return False
 
