@@ -52,6 +52,7 @@ def run_demo(out: str | Path = "demo_out", epochs: int = 26, num_train: int = 32
         model="efficientdet_d0", image_size=image_size, model_overrides=dict(DEMO_MODEL), epochs=epochs,
         batch_size=8, optimizer="adamw", lr=4e-3, weight_decay=4e-5, warmup_epochs=1.0, ema_decay=0.9998,
         ema_warmup_steps=200.0, scale_min=0.6, scale_max=1.4, amp=False, workers=workers, seed=seed,
+        checkpoint_stages=0,  # a 192 px model needs little memory: no recomputation
         out=str(out / "run"), val_interval=max(1, epochs // 3), tensorboard=True, plots=True,
     )
     t1 = time.perf_counter()
@@ -91,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-train", type=int, default=320)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
+    from .memory import tune_malloc
+
+    tune_malloc()  # as the efficientdet command does
     run_demo(args.out, epochs=args.epochs, num_train=args.num_train, workers=args.workers)
     return 0
 
