@@ -112,7 +112,13 @@ def main() -> None:
     parser.add_argument("--family", default="d0,d1,d2,d3,d4,d5,d6,d7", help="variants for latency vs FLOPs")
     parser.add_argument("--family-runs", type=int, default=3)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--no-malloc-tuning", action="store_true",
+                        help="leave glibc malloc alone (the efficientdet command tunes it at start-up)")
     args = parser.parse_args()
+    if not args.no_malloc_tuning:  # as the CLI does; it applies to effdet's runs in this process too
+        from efficientdet.memory import tune_malloc
+
+        tune_malloc()
     torch.set_num_threads(args.threads)
     from efficientdet import Detector
     from efficientdet.complexity import measure
@@ -121,7 +127,8 @@ def main() -> None:
     from efficientdet.variants import get_config
 
     size, img = 512, sample_image()
-    res: dict = {"threads": args.threads, "runs": args.runs, "torch": torch.__version__}
+    res: dict = {"threads": args.threads, "runs": args.runs, "torch": torch.__version__,
+                 "malloc_tuning": not args.no_malloc_tuning}
     torch.manual_seed(0)
     net, effdet_run = effdet_parts(size)
     tmpdir = Path(tempfile.mkdtemp())

@@ -22,7 +22,7 @@ from .factory import create_model
 from .images import to_pil
 from .model.efficientdet import EfficientDet, flatten_outputs
 from .postprocess import PostprocessConfig, Postprocessor
-from .preprocess import letterbox, normalize
+from .preprocess import preprocess_batch
 
 ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
 
@@ -156,21 +156,18 @@ class Detector:
 
     # -- stages -----------------------------------------------------------------------------------
     def preprocess(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """RGB PIL images -> (normalised (B, 3, S, S), scales (B,), original (h, w) sizes (B, 2))."""
-        canvases, scales, sizes = [], [], []
-        for img in images:
-            canvas, scale = letterbox(img, self.image_size, self.config.mean)
-            canvases.append(torch.from_numpy(canvas))
-            scales.append(scale)
-            sizes.append((img.height, img.width))
-        batch = normalize(torch.stack(canvases).to(self.device), self.config.mean, self.config.std)
-        return batch, torch.tensor(scales, dtype=torch.float64), torch.tensor(sizes)
+        """RGB PIL images -> (normalised (B, 3, S, S), scales (B,), original (h, w) sizes (B, 2)).
+
+        The batch has channels-last strides (:func:`~efficientdet.preprocess.preprocess_batch`).
+        """
+        batch, scales = preprocess_batch(images, self.image_size, self.config.mean, self.config.std)
+        sizes = [(img.height, img.width) for img in images]
+        return batch.to(self.device), torch.tensor(scales, dtype=torch.float64), torch.tensor(sizes)
 
     @torch.inference_mode()
     def forward_network(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised (B, 3, S, S) float batch -> flattened (B, N, C) logits and (B, N, 4) deltas."""
-        if self.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
+        batch = batch.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         cls, box = self.network(batch)
         return flatten_outputs(cls, box, self.config.num_classes)
 

@@ -55,3 +55,33 @@ def normalize(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) 
     m = torch.tensor(mean, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1) * 255.0
     s = torch.tensor(std, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1) * 255.0
     return ((batch.float() - m) / s).contiguous()
+
+
+def preprocess_batch(
+    images: Sequence[Image.Image], size: int | tuple[int, int], mean: Sequence[float], std: Sequence[float]
+) -> tuple[torch.Tensor, list[float]]:
+    """:func:`letterbox` + :func:`normalize` for a batch, written straight into the network's layout.
+
+    The same numbers as ``normalize(stack(letterbox(...)))`` (tested bit for bit), in one pass over
+    each image instead of four: the canvas border is filled with the normalised fill colour, only the
+    resized image is converted, and the batch is built channels-last (the layout the optimised CPU
+    network runs in), so no transposing copy follows.
+
+    Returns ``(batch, scales)``: float32 (B, 3, H, W) with channels-last strides, and per-image scales.
+    """
+    th, tw = (size, size) if isinstance(size, int) else size
+    m = torch.tensor(mean, dtype=torch.float32) * 255.0
+    s = torch.tensor(std, dtype=torch.float32) * 255.0
+    fill = (torch.tensor(fill_color(mean), dtype=torch.float32) - m) / s
+    out = torch.empty((len(images), th, tw, 3), dtype=torch.float32)
+    out[:] = fill
+    scales = []
+    for i, image in enumerate(images):
+        w, h = image.size
+        scale = min(th / h, tw / w)
+        sw, sh = max(1, int(w * scale)), max(1, int(h * scale))
+        resized = image if (sw, sh) == (w, h) else image.resize((sw, sh), Image.BILINEAR)
+        pixels = torch.from_numpy(np.array(resized, dtype=np.uint8)[..., :3])  # a writable copy (~1 MB)
+        torch.div(pixels.float().sub_(m), s, out=out[i, :sh, :sw])
+        scales.append(scale)
+    return out.permute(0, 3, 1, 2), scales
