@@ -103,7 +103,7 @@ def fuse_conv_activations(module: nn.Module) -> int:
     ``conv_reduce``/``act1``, ``conv_expand``/``gate`` after BN folding); timm's ``Conv2dSame`` becomes
     a :class:`FusedConv2d` without padding copies; other convs stay (aten's kernel is as fast). Only for
     models whose children run in registration order
-    (tested against the unfused model for D0, Lite0 and D7x).
+    (tested against the unfused model for D0 and Lite0).
     """
     count = 0
     children = list(module.named_children())
