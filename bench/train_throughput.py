@@ -48,10 +48,6 @@ def _ours(variant: str):
     channels_last = "cl" in variant
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if "nact" in variant:  # BN + SiLU as one autograd node keeping only the BN input
-        from efficientdet.model.norm_act import use_memory_efficient_norm_act
-
-        use_memory_efficient_norm_act(model)
     if "ckpt" in variant:  # recompute the stem + first N backbone stages in backward (e.g. ckpt2)
         model.checkpoint_stages = int(variant.split("ckpt")[1][:1] or 2)
     cfg = model.config
@@ -126,7 +122,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--variants", default="effdet:fp32,ours:fp32,ours:cl,ours:bf16,ours:cl+bf16")
+    parser.add_argument("--variants", default="effdet:fp32,ours:cl+malloc+ckpt2,effdet:fp32+malloc,ours:cl+ckpt2",
+                        help="IMPL:TOKENS; ours: cl (channels-last), ckptN, bf16, malloc (allocator tuning), nact "
+                             "(no-op now: BN+SiLU is always memory-efficient); cl+malloc+ckpt2 is what "
+                             "`efficientdet train` does on a CPU without AMX")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: IMPL:VARIANT in this process
     args = parser.parse_args()
     if args.one:
