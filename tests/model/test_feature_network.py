@@ -161,3 +161,27 @@ def test_backbone_uses_memory_efficient_norm_act():
     assert sum(isinstance(m, BatchNormSiLU2d) for m in model.backbone.modules()) >= 30
     lite = create_model("lite0", num_classes=3, image_size=128, fpn_channels=16, fpn_layers=1, head_layers=1)
     assert not any(isinstance(m, BatchNormSiLU2d) for m in lite.backbone.modules())  # ReLU6 stays as is
+
+
+def test_sync_batchnorm_conversion_keeps_the_backbone_activations():
+    # torch's convert_sync_batchnorm turns timm's BN+SiLU layers into bare SyncBatchNorm whose forward
+    # skips the activation; the trainer uses timm's converter, which keeps it (the CUDA DDP path).
+    # SyncBatchNorm in eval mode needs no process group, so the outputs can be compared on the CPU.
+    import copy
+
+    from timm.layers import convert_sync_batchnorm
+
+    from efficientdet import create_model
+
+    torch.manual_seed(0)
+    model = create_model("d0", num_classes=3, image_size=128, fpn_channels=16, fpn_layers=1, head_layers=1).eval()
+    x = torch.randn(1, 3, 128, 128)
+    synced = convert_sync_batchnorm(copy.deepcopy(model)).eval()
+    assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules()) > 40
+    assert not any(type(m) is torch.nn.BatchNorm2d for m in synced.modules())
+    torch_synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(model)).eval()
+    with torch.no_grad():
+        ref, got, bad = model.backbone(x), synced.backbone(x), torch_synced.backbone(x)
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(b, a)
+    assert min(float((a - b).abs().max()) for a, b in zip(ref, bad)) > 1e-2  # the bug it avoids
