@@ -190,3 +190,24 @@ def test_sigint_saves_and_tells_how_to_resume(tiny_data, tmp_path) -> None:
     assert "resume with: efficientdet train --resume" in err and "Traceback" not in err
     state = load_checkpoint(last).extra["train"]
     assert 1 <= state["step"] < 100 and state["epoch"] < 50
+
+
+def test_interrupted_run_still_writes_its_plots(tiny_data, tmp_path) -> None:
+    # SIGINT after the first epoch's evaluation: last.pt is saved and the plots of what was done written
+    import os
+
+    cfg = tiny_config(tiny_data, tmp_path / "run", plots=True, epochs=3)
+    trainer = Trainer(cfg)
+    save_last = trainer.save_last
+
+    def save_then_interrupt():
+        path = save_last()
+        if trainer.epoch == 1 and trainer.batch_in_epoch == 0 and trainer._stop_signal is None:
+            os.kill(os.getpid(), signal.SIGINT)  # the trainer's handler turns it into a clean stop
+        return path
+
+    trainer.save_last = save_then_interrupt
+    result = trainer.run()
+    assert result.interrupted and result.epochs_completed < 3
+    for name in ("loss.png", "ap.png", "pr_curve.png", "val_predictions.png"):
+        assert (result.run_dir / name).stat().st_size > 1000, name

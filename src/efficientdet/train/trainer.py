@@ -327,12 +327,16 @@ class Trainer:
 
     def _finish(self, interrupted: bool, log: MetricsLog | None) -> TrainResult:
         plots: list[Path] = []
-        if dist.is_main() and self.cfg.plots and not interrupted:
-            plots += plot_curves(self.run_dir / "metrics.csv", self.run_dir)
-            if self.val_data is not None and self.last_dets is not None and self.metrics:
-                names = dict(zip(self.val_data.category_ids, self.val_data.class_names))
-                plots.append(plot_pr(self.val_data.to_coco(), self.last_dets, names, self.run_dir / "pr_curve.png"))
-                plots.append(self._val_grid())
+        if dist.is_main() and self.cfg.plots:  # also after an interruption (the checkpoint is already saved)
+            try:
+                plots += plot_curves(self.run_dir / "metrics.csv", self.run_dir)
+                if self.val_data is not None and self.last_dets is not None and self.metrics:
+                    names = dict(zip(self.val_data.category_ids, self.val_data.class_names))
+                    plots.append(plot_pr(self.val_data.to_coco(), self.last_dets, names,
+                                         self.run_dir / "pr_curve.png"))
+                    plots.append(self._val_grid())
+            except Exception as exc:  # a plotting problem must not turn a finished run into an error
+                _log(f"warning: plots not written ({type(exc).__name__}: {exc})")
         best = self.weights_dir / "best.pt"
         result = TrainResult(self.run_dir, self.weights_dir / "last.pt", best if best.is_file() else None,
                              self.metrics, self.best_ap, self.epoch, self.step, self.nan_steps, interrupted, plots)
