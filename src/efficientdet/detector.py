@@ -90,7 +90,7 @@ class Detector:
         image_size: override the network input size (multiple of 128 for the official geometry).
         optimize: run inference on a BatchNorm-folded, channels-last copy of the model
             (:func:`efficientdet.export.fuse.fuse_model`; on the CPU also with each activation fused into
-            its convolution, :mod:`efficientdet.export.mkldnn`): same outputs to ~1e-5, 2.5x faster on CPU.
+            its convolution, :mod:`efficientdet.export.mkldnn`): same outputs to ~1e-5, about 2x faster on CPU.
             ``None`` (default): on when the Detector builds the model from a name, off when it is given a
             model instance (which may still be training: a fused copy would not follow its weights).
     """

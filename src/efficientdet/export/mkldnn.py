@@ -13,7 +13,9 @@ the CPU (never to a model that trains or is exported). Two rewrites, each exact 
   one extra leading row/column of zeros: the windows start one pixel earlier and that pixel is
   multiplied by 0. The kernel is expanded once per input-size parity, so there is no per-call copy.
 
-Measured on the 2-core CPU (D0, 512x512, batch 1): the network goes from ~64 to ~50 ms (BENCHMARKS.md).
+Measured on the 2-core CPU (D0, 512x512, batch 1), together with the copy-free max pooling of
+:func:`~efficientdet.model.layers.max_pool_same`: the BN-folded network went from ~65 to ~60 ms in one
+A/B run (BENCHMARKS.md).
 """
 
 from __future__ import annotations
