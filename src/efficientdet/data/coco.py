@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from .common import check_dir, check_image, is_int, is_number, positive_size, to_float
+from .common import check_dir, check_image, decode_utf8, is_int, is_number, positive_size, read_bytes, to_float
 from .records import DetectionData, LoadReport, Sample, check_box, make_sample
 
 
@@ -19,16 +19,10 @@ def load_json(path: str | Path) -> Any:
         raise DataError(f"{p}: annotation file not found; check the path")
     if p.is_dir():
         raise DataError(f"{p}: is a directory; pass the COCO annotation .json file")
-    try:
-        raw = p.read_bytes()
-    except OSError as e:
-        raise DataError(f"{p}: cannot read the annotation file ({e.strerror or e})") from e
+    raw = read_bytes(p, "annotation file")
     if not raw.strip():
         raise DataError(f"{p}: the annotation file is empty; pass a COCO JSON file")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{p}: not UTF-8 text (invalid byte at offset {e.start}); save it as UTF-8") from e
+    text = decode_utf8(raw, p)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:

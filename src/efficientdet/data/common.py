@@ -11,6 +11,24 @@ from ..images import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, image_size
 from .records import LoadReport
 
 
+def read_bytes(path: Path, what: str) -> bytes:
+    """The file's bytes; a one-line DataError naming ``path`` and ``what`` when it is missing or unreadable."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: {what} not found; check the path") from e
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the {what} ({e.strerror or e})") from e
+
+
+def decode_utf8(raw: bytes, path: Path) -> str:
+    """UTF-8 text (a leading BOM dropped); a one-line DataError with the offending offset otherwise."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (invalid byte at offset {e.start}); save it as UTF-8") from e
+
+
 def is_int(value: Any) -> bool:
     """True for python/numpy-like integers (``bool`` excluded)."""
     return isinstance(value, int) and not isinstance(value, bool)

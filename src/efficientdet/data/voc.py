@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import DataError
-from .common import check_dir, check_image, find_image, positive_size
+from .common import check_dir, check_image, find_image, positive_size, read_bytes
 from .records import DetectionData, LoadReport, Sample, check_box, make_sample
 
 
@@ -34,10 +34,7 @@ def _number(elem: ET.Element, tag: str, where: str) -> float:
 
 
 def _parse(path: Path) -> ET.Element:
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read the annotation file ({e.strerror or e})") from e
+    data = read_bytes(path, "annotation file")
     if not data.strip():
         raise DataError(f"{path}: the annotation file is empty; write a VOC <annotation> or remove the file")
     try:

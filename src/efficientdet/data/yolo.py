@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import DataError
-from .common import check_dir, check_image, list_images
+from .common import check_dir, check_image, decode_utf8, list_images, read_bytes
 from .records import DetectionData, LoadReport, Sample, check_box, make_sample
 
 #: names files looked for, in order, in the labels directory, its parent and grandparent
@@ -28,16 +28,7 @@ def load_names(path: str | Path) -> list[str]:
     ``names`` may be a list or a mapping ``{0: name, 1: name, ...}`` (keys must be 0..C-1).
     """
     p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except FileNotFoundError as e:
-        raise DataError(f"{p}: class names file not found; check the path") from e
-    except OSError as e:
-        raise DataError(f"{p}: cannot read the class names file ({e.strerror or e})") from e
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{p}: not UTF-8 text (invalid byte at offset {e.start}); save it as UTF-8") from e
+    text = decode_utf8(read_bytes(p, "class names file"), p)
     if p.suffix.lower() in (".yaml", ".yml"):
         try:
             doc = yaml.safe_load(text)
@@ -98,14 +89,7 @@ def _parse_line(line: str, where: str) -> tuple[int, list[float]]:
 
 
 def _read_label_file(path: Path) -> list[tuple[str, int, list[float]]]:
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read the label file ({e.strerror or e})") from e
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (invalid byte at offset {e.start}); fix the file") from e
+    text = decode_utf8(read_bytes(path, "label file"), path)
     out = []
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
