@@ -73,6 +73,22 @@ def export_metadata(model: EfficientDet, nms: bool, **settings: object) -> dict[
     return meta
 
 
+def prepare_export(
+    model: EfficientDet, path: str | Path, batch: int, nms: bool, half: bool, fuse: bool,
+    score_threshold: float, iou_threshold: float, max_det: int, topk: int,
+) -> tuple[Path, torch.nn.Module, torch.Tensor, dict[str, str]]:
+    """What every exporter needs: the output path (folder created), the graph from :func:`build_graph`,
+    an example (batch, 3, S, S) input and the :func:`export_metadata` strings."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    graph = build_graph(model, nms, half, fuse, score_threshold, iou_threshold, max_det, topk)
+    size = model.config.image_size
+    example = torch.randn(batch, 3, size, size)
+    meta = export_metadata(model, nms, score_threshold=score_threshold, iou_threshold=iou_threshold,
+                           max_det=max_det, topk=topk)
+    return path, graph, example, meta
+
+
 def export_onnx(
     model: EfficientDet,
     path: str | Path,
@@ -94,11 +110,8 @@ def export_onnx(
         raise ConfigError(f"--opset {opset} is too old; use {MIN_OPSET} or newer")
     if batch <= 0:
         raise ConfigError(f"--batch {batch} must be a positive integer")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    graph = build_graph(model, nms, half, fuse, score_threshold, iou_threshold, max_det, topk)
-    size = model.config.image_size
-    example = torch.randn(batch, 3, size, size)
+    path, graph, example, meta = prepare_export(model, path, batch, nms, half, fuse, score_threshold,
+                                                iou_threshold, max_det, topk)
     outputs = ["boxes", "scores", "labels", "num_detections"] if nms else ["cls_logits", "box_deltas"]
     dynamic_axes = {name: {0: "batch"} for name in ["images", *outputs]} if dynamic_batch else None
     with warnings.catch_warnings(), torch.no_grad():
@@ -115,8 +128,7 @@ def export_onnx(
             do_constant_folding=True,
         )
     proto = onnx.load(str(path))
-    settings = {"score_threshold": score_threshold, "iou_threshold": iou_threshold, "max_det": max_det, "topk": topk}
-    for key, value in export_metadata(model, nms, **settings).items():
+    for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     proto.doc_string = "EfficientDet exported by efficientdet; see metadata_props"

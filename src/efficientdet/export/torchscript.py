@@ -16,7 +16,7 @@ import torch
 
 from ..errors import ConfigError
 from ..model.efficientdet import EfficientDet
-from .onnx import build_graph, export_metadata
+from .onnx import prepare_export
 
 EXTRA_FILE = "efficientdet.json"
 
@@ -37,15 +37,11 @@ def export_torchscript(
     """Trace ``model``'s inference graph and save it to ``path`` (``.pt``); returns the path."""
     if nms and dynamic_batch:
         raise ConfigError("--format torchscript --nms needs a fixed --batch (the traced NMS is unrolled per image)")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    graph = build_graph(model, nms, half, fuse, score_threshold, iou_threshold, max_det, topk)
-    size = model.config.image_size
-    settings = {"score_threshold": score_threshold, "iou_threshold": iou_threshold, "max_det": max_det, "topk": topk}
-    meta = export_metadata(model, nms, **settings)
+    path, graph, example, meta = prepare_export(model, path, batch, nms, half, fuse, score_threshold,
+                                                iou_threshold, max_det, topk)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(graph, torch.randn(batch, 3, size, size), check_trace=False)
+        traced = torch.jit.trace(graph, example, check_trace=False)
     torch.jit.save(traced, str(path), _extra_files={EXTRA_FILE: json.dumps(meta)})
     return path
 
