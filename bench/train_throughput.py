@@ -123,9 +123,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--variants", default="effdet:fp32,ours:cl+malloc+ckpt2,effdet:fp32+malloc,ours:cl+ckpt2",
-                        help="IMPL:TOKENS; ours: cl (channels-last), ckptN, bf16, malloc (allocator tuning), nact "
-                             "(no-op now: BN+SiLU is always memory-efficient); cl+malloc+ckpt2 is what "
-                             "`efficientdet train` does on a CPU without AMX")
+                        help="IMPL:TOKENS; ours: cl (channels-last), ckptN, bf16, malloc (allocator tuning); "
+                             "cl+malloc+ckpt2 is what `efficientdet train` does on a CPU without AMX")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: IMPL:VARIANT in this process
     args = parser.parse_args()
     if args.one:

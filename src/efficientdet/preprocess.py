@@ -38,14 +38,19 @@ def letterbox(image: Image.Image, size: int | tuple[int, int], mean: Sequence[fl
         ``(canvas, scale)``: the HWC uint8 canvas and the factor from original to canvas pixels.
     """
     th, tw = (size, size) if isinstance(size, int) else size
-    w, h = image.size
-    scale = min(th / h, tw / w)
-    sw, sh = max(1, int(w * scale)), max(1, int(h * scale))
+    resized, scale = _fit(image, th, tw)
     canvas = np.empty((th, tw, 3), dtype=np.uint8)
     canvas[:] = fill_color(mean)
-    resized = image if (sw, sh) == (w, h) else image.resize((sw, sh), Image.BILINEAR)
-    canvas[:sh, :sw] = np.asarray(resized, dtype=np.uint8)[..., :3]
+    canvas[: resized.height, : resized.width] = np.asarray(resized, dtype=np.uint8)[..., :3]
     return canvas, scale
+
+
+def _fit(image: Image.Image, height: int, width: int) -> tuple[Image.Image, float]:
+    """``image`` resized (PIL bilinear, aspect kept) to fit ``height`` x ``width``, and the scale used."""
+    w, h = image.size
+    scale = min(height / h, width / w)
+    sw, sh = max(1, int(w * scale)), max(1, int(h * scale))
+    return (image if (sw, sh) == (w, h) else image.resize((sw, sh), Image.BILINEAR)), scale
 
 
 def normalize(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -77,11 +82,8 @@ def preprocess_batch(
     out[:] = fill
     scales = []
     for i, image in enumerate(images):
-        w, h = image.size
-        scale = min(th / h, tw / w)
-        sw, sh = max(1, int(w * scale)), max(1, int(h * scale))
-        resized = image if (sw, sh) == (w, h) else image.resize((sw, sh), Image.BILINEAR)
+        resized, scale = _fit(image, th, tw)
         pixels = torch.from_numpy(np.array(resized, dtype=np.uint8)[..., :3])  # a writable copy (~1 MB)
-        torch.div(pixels.float().sub_(m), s, out=out[i, :sh, :sw])
+        torch.div(pixels.float().sub_(m), s, out=out[i, : resized.height, : resized.width])
         scales.append(scale)
     return out.permute(0, 3, 1, 2), scales

@@ -20,11 +20,11 @@ A/B run (BENCHMARKS.md).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..model.layers import same_padding
 
 _ATTRS = {nn.SiLU: "swish", nn.Sigmoid: "sigmoid", nn.ReLU: "relu"}
 
@@ -35,11 +35,6 @@ def mkldnn_available() -> bool:
         return bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
     except (AttributeError, RuntimeError):
         return False
-
-
-def _same_pads(size: int, kernel: int, stride: int, dilation: int) -> int:
-    """TF "same" total padding along one dimension."""
-    return max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
 
 
 class FusedConv2d(nn.Module):
@@ -83,8 +78,8 @@ class FusedConv2d(nn.Module):
         weight, padding = self.weight, self.padding
         if self.same:
             kh, kw = self.weight.shape[-2:]
-            ph = _same_pads(int(x.shape[-2]), kh, self.stride[0], self.dilation[0])
-            pw = _same_pads(int(x.shape[-1]), kw, self.stride[1], self.dilation[1])
+            ph = same_padding(int(x.shape[-2]), kh, self.stride[0], self.dilation[0])
+            pw = same_padding(int(x.shape[-1]), kw, self.stride[1], self.dilation[1])
             weight = self._kernel(ph % 2, pw % 2)
             padding = [(ph + 1) // 2, (pw + 1) // 2]
         return torch.ops.mkldnn._convolution_pointwise(

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -77,26 +79,16 @@ class EfficientDet(nn.Module):
         n, limit = self.checkpoint_stages, self.checkpointable_stages()
         if n > limit:
             raise ValueError(f"checkpoint_stages={n} reaches an output stage; use at most {limit}")
-        norms = [m for part in (bb.conv_stem, bb.bn1, *bb.blocks[:n]) for m in part.modules()
-                 if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        stem_and_stages = (bb.conv_stem, bb.bn1, *bb.blocks[:n])
         calls = [0]
 
         def head(x: torch.Tensor) -> torch.Tensor:
             calls[0] += 1
-            recompute = calls[0] > 1  # the backward pass re-running the forward: keep the BN statistics
-            saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
-                     for m in norms] if recompute else []
-            for m in norms if recompute else []:
-                m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
-            try:
+            # a second call is the backward pass re-running the forward: keep the BN statistics as they are
+            with _frozen_bn_statistics(stem_and_stages) if calls[0] > 1 else nullcontext():
                 x = bb.bn1(bb.conv_stem(x))
                 for b in bb.blocks[:n]:
                     x = b(x)
-            finally:
-                for m, (momentum, tracked) in zip(norms, saved):
-                    m.momentum = momentum
-                    if tracked is not None:
-                        m.num_batches_tracked.copy_(tracked)
             return x
 
         x = checkpoint(head, images, use_reentrant=False)
@@ -116,6 +108,23 @@ class EfficientDet(nn.Module):
     def freeze_backbone(self, frozen: bool = True) -> None:
         for p in self.backbone.parameters():
             p.requires_grad_(not frozen)
+
+
+@contextmanager
+def _frozen_bn_statistics(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """BatchNorms in ``modules`` still normalise with batch statistics but leave their running
+    statistics and batch counters unchanged (momentum 0: running = 1 * running + 0 * batch)."""
+    norms = [m for part in modules for m in part.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(norms, saved):
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
 
 
 def flatten_outputs(

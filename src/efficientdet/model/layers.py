@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,6 +50,12 @@ class Projection(nn.Module):
         return self.bn(self.conv(x))
 
 
+def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> int:
+    """TF "same" total padding along one dimension: output = ceil(size / stride); TF puts the smaller
+    half (``total // 2``) first."""
+    return max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+
+
 def max_pool_same(x: torch.Tensor) -> torch.Tensor:
     """3x3 stride-2 max pooling with TF "same" padding: output = ceil(input / 2).
 
@@ -57,7 +65,5 @@ def max_pool_same(x: torch.Tensor) -> torch.Tensor:
     ``ceil_mode``: the extra bottom/right window then reads one row/column past the input, which
     max pooling ignores, exactly like TF's -inf padding (output size and windows are identical).
     """
-    h, w = int(x.shape[-2]), int(x.shape[-1])
-    ph = max(((h + 1) // 2 - 1) * 2 + 3 - h, 0)
-    pw = max(((w + 1) // 2 - 1) * 2 + 3 - w, 0)
+    ph, pw = same_padding(int(x.shape[-2]), 3, 2), same_padding(int(x.shape[-1]), 3, 2)
     return F.max_pool2d(x, 3, 2, padding=(ph // 2, pw // 2), ceil_mode=True)

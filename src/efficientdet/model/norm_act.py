@@ -2,10 +2,11 @@
 
 A ``conv -> BN -> SiLU`` chain normally keeps three full-size tensors for the backward pass: the
 BN input (conv output), the BN output (SiLU input) and the SiLU output (the next conv's input).
-:class:`BatchNormSiLU` keeps only the BN input plus the per-channel batch statistics and recomputes
-the normalised values in the backward pass (a few element-wise operations over one layer, which is
-cheap next to the convolutions): about a third less activation memory in the EfficientNet backbone
-and the heads, with the same numbers (tested against BN followed by SiLU, values and gradients).
+:class:`BatchNormSiLU2d` (timm backbones) and :func:`batch_norm_silu` (the heads) keep only the BN
+input plus the per-channel batch statistics and recompute the normalised values in the backward
+pass (two element-wise passes over one layer, cheap next to the convolutions): about a third less
+activation memory in the EfficientNet backbone and the heads, with the same numbers (tested against
+BN followed by SiLU, values and gradients).
 
 The forward pass is aten's ``native_batch_norm`` (running statistics updated exactly as
 ``nn.BatchNorm2d`` does), so checkpoints, evaluation and export are unchanged; only training-mode
@@ -47,8 +48,7 @@ class _BatchNormSiLUFunction(torch.autograd.Function):
         # the BN output, recomputed in one pass: batch_norm with mean 0 / var 1 is x * scale + shift
         scale = invstd * weight
         shift = bias - mean * scale
-        ones = torch.ones_like(scale)
-        z = torch.batch_norm(x, scale, shift, torch.zeros_like(scale), ones, False, 0.0, 0.0, False)
+        z = torch.batch_norm(x, scale, shift, torch.zeros_like(scale), torch.ones_like(scale), False, 0.0, 0.0, False)
         dz = torch.ops.aten.silu_backward(grad, z)
         del z
         need = ctx.needs_input_grad
