@@ -6,7 +6,8 @@ stay in Python, :mod:`efficientdet.preprocess`).
 - :class:`RawGraph` returns ``cls_logits`` (B, N, C) and ``box_deltas`` (B, N, 4) (``tx, ty, tw, th``),
   N = number of anchors, in anchor order (:func:`efficientdet.anchors.generate_anchors`).
 - :class:`NMSGraph` adds post-processing with fixed-size outputs: ``boxes`` (B, max_det, 4) xyxy in
-  network-input pixels clipped to the canvas [0, S], ``scores`` (B, max_det) (0 for padding),
+  network-input pixels clipped to the canvas [0, S] (or, given the optional second input ``image_sizes``,
+  to each image's extent on the canvas), ``scores`` (B, max_det) (0 for padding),
   ``labels`` (B, max_det) int64 0-based (-1 for padding), ``num_detections`` (B,) int64. Steps: top-k
   (anchor, class) pairs, decode, clip, per-class ONNX ``NonMaxSuppression``, best ``max_det``, padded.
   Divide boxes by the letterbox scale and clip to the original image to get original pixels.
@@ -39,7 +40,9 @@ class RawGraph(nn.Module):
             images = images.half()
         cls, box = self.model(images)
         cls, box = flatten_outputs(cls, box, self.num_classes)
-        return cls.float(), box.float()
+        if self.half_precision:  # a float32 -> float32 Cast stays in the graph as a 17 MB copy (D0)
+            cls, box = cls.float(), box.float()
+        return cls, box
 
 
 class _NonMaxSuppression(torch.autograd.Function):
@@ -78,8 +81,9 @@ class NMSGraph(nn.Module):
     """Normalised images (B, 3, S, S) -> boxes (B, D, 4), scores (B, D), labels (B, D), num_detections (B,).
 
     Same semantics as :class:`efficientdet.postprocess.Postprocessor` with hard NMS (top-k pairs, decode,
-    clip, per-class NMS, ``score >= score_threshold``, best ``max_det``), except that boxes are clipped
-    to the square canvas (network pixels) rather than to the original image.
+    clip, per-class NMS, ``score >= score_threshold``, best ``max_det``), in network pixels. Without
+    ``image_sizes`` boxes are clipped to the square canvas rather than to the image (the NMS may then
+    differ for boxes that reach into the letterbox padding).
     """
 
     def __init__(
@@ -115,17 +119,31 @@ class NMSGraph(nn.Module):
         # NonMaxSuppression keeps scores > t; the largest float below the threshold makes it ">= threshold"
         self.nms_score_threshold = max(math.nextafter(self.score_threshold, -1.0), 0.0) if score_threshold > 0 else 0.0
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, image_sizes: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``image_sizes``: (B, 2) or (1, 2) float (height, width) of each image on the canvas in network
+        pixels (original size x letterbox scale); boxes are clipped to it before NMS, as the Detector does.
+        ``None``: the whole canvas."""
         cls, box = self.raw(images)  # (B, N, C), (B, N, 4)
         b = cls.shape[0]
         c = self.num_classes
         if self.use_class_bias:
             cls = cls + self.class_bias
-        logits, idx = cls.reshape(b, -1).topk(self.topk, dim=1)  # (B, K)
-        anchor_idx = torch.div(idx, c, rounding_mode="floor")
-        labels = idx - anchor_idx * c
+        # the official top-k over all N*C pairs, in two small steps: the k best pairs lie among the k
+        # anchors with the best per-anchor maximum (k different anchors reach the k-th best maximum),
+        # so a top-k over the (B, N) maxima picks the rows and a top-k over those k*C pairs the pairs
+        k_anchors = min(self.topk, cls.shape[1])
+        top_anchors = cls.amax(dim=2).topk(k_anchors, dim=1).indices  # (B, Ka)
+        rows = cls.gather(1, top_anchors.unsqueeze(-1).expand(-1, -1, c))  # (B, Ka, C)
+        logits, idx = rows.reshape(b, -1).topk(self.topk, dim=1)  # (B, K)
+        row = torch.div(idx, c, rounding_mode="floor")
+        labels = idx - row * c
+        anchor_idx = top_anchors.gather(1, row)
         deltas = box.gather(1, anchor_idx.unsqueeze(-1).expand(-1, -1, 4))
         boxes = box_coder.decode(deltas, self.anchors[anchor_idx]).clamp(0.0, self.size)  # (B, K, 4)
+        if image_sizes is not None:
+            boxes = torch.minimum(boxes, image_sizes.to(boxes.dtype).flip(-1).repeat(1, 2).unsqueeze(1))
         scores = torch.sigmoid(logits)  # (B, K)
         one_hot = labels.unsqueeze(1) == torch.arange(c, device=labels.device).view(1, c, 1)  # (B, C, K)
         per_class = torch.where(one_hot, scores.unsqueeze(1), torch.zeros_like(scores).unsqueeze(1))

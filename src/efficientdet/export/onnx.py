@@ -5,7 +5,11 @@ Input ``images``: normalised float32 (B, 3, S, S), i.e. the letterboxed RGB canv
 or dynamic (``dynamic_batch=True``). Outputs: ``cls_logits`` (B, N, C) and ``box_deltas`` (B, N, 4)
 (raw), or with ``nms=True`` ``boxes`` (B, max_det, 4) network pixels, ``scores`` (B, max_det),
 ``labels`` (B, max_det) int64 (-1 = padding) and ``num_detections`` (B,) int64
-(see :mod:`efficientdet.export.graph`).
+(see :mod:`efficientdet.export.graph`). NMS files have a second, optional input ``image_sizes``
+(B, 2) or (1, 2) float32: each image's (height, width) on the canvas in network pixels, to clip boxes to
+the image before NMS exactly as :class:`~efficientdet.detector.Detector` does; left out, boxes are
+clipped to the canvas (an ONNX input with a same-named initializer: onnxruntime lists it under
+``get_overridable_initializers()``, not ``get_inputs()``).
 
 ``metadata_props`` (all strings, JSON where structured): ``class_names``, ``category_ids``, ``config``
 (the model config), ``image_size``, ``mean``, ``std``, ``input_format``, ``outputs`` (``raw`` or
@@ -21,6 +25,7 @@ import json
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import ConfigError
@@ -113,21 +118,31 @@ def export_onnx(
     path, graph, example, meta = prepare_export(model, path, batch, nms, half, fuse, score_threshold,
                                                 iou_threshold, max_det, topk)
     outputs = ["boxes", "scores", "labels", "num_detections"] if nms else ["cls_logits", "box_deltas"]
-    dynamic_axes = {name: {0: "batch"} for name in ["images", *outputs]} if dynamic_batch else None
+    inputs = ["images", "image_sizes"] if nms else ["images"]
+    dynamic_axes = {name: {0: "batch"} for name in ["images", *outputs]} if dynamic_batch else {}
+    size = float(model.config.image_size)
+    args: tuple[torch.Tensor, ...] = (example,)
+    if nms:  # optional clip sizes: (1, 2) broadcasts over the batch, (B, 2) is per image
+        args = (example, torch.full((1, 2), size))
+        dynamic_axes["image_sizes"] = {0: "sizes"}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about Python-int shapes (intended: S is fixed)
         torch.onnx.export(
             graph,
-            (example,),
+            args,
             str(path),
-            input_names=["images"],
+            input_names=inputs,
             output_names=outputs,
-            dynamic_axes=dynamic_axes,
+            dynamic_axes=dynamic_axes or None,
             opset_version=opset,
             dynamo=False,
             do_constant_folding=True,
         )
     proto = onnx.load(str(path))
+    if nms:  # an input with an initializer of the same name is optional: default = the whole canvas
+        from onnx import numpy_helper
+
+        proto.graph.initializer.append(numpy_helper.from_array(np.full((1, 2), size, np.float32), "image_sizes"))
     for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
