@@ -7,13 +7,52 @@ Python API::
     model = efficientdet.create_model("efficientdet_d0", weights="tf_efficientdet_d0")
     detector = efficientdet.Detector("efficientdet_d0", weights="tf_efficientdet_d0")
     detections = detector(["a.jpg", "b.jpg"])  # boxes xyxy in original pixels, scores, labels, names
+
+    # an exported model without PyTorch (onnxruntime + numpy + Pillow only)
+    from efficientdet.deploy import OnnxModel
+    detections = OnnxModel("d0.onnx")("a.jpg")
+
+The names below are imported on first use, so ``efficientdet.deploy`` (and the command line's help)
+run without importing PyTorch (about 500 MB of memory for the CUDA build).
 """
 
-from .detector import Detections, Detector
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import ConfigError, DataError, EfficientDetError, WeightsError
-from .factory import create_model
-from .model.efficientdet import EfficientDet
-from .variants import ModelConfig, compound_scaling, get_config, list_models
+
+if TYPE_CHECKING:
+    from .detections import Detections
+    from .detector import Detector
+    from .factory import create_model
+    from .model.efficientdet import EfficientDet
+    from .variants import ModelConfig, compound_scaling, get_config, list_models
+
+_LAZY = {
+    "Detections": ".detections",
+    "Detector": ".detector",
+    "create_model": ".factory",
+    "EfficientDet": ".model.efficientdet",
+    "ModelConfig": ".variants",
+    "compound_scaling": ".variants",
+    "get_config": ".variants",
+    "list_models": ".variants",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
 
 __version__ = "0.1.0"
 __all__ = [

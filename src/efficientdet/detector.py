@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,66 +16,15 @@ import torch
 from PIL import Image
 
 from .anchors import generate_anchors
+from .detections import Detections
 from .errors import ConfigError
 from .factory import create_model
-from .images import to_pil
+from .images import is_single_image, to_pil
 from .model.efficientdet import EfficientDet, flatten_outputs
 from .postprocess import PostprocessConfig, Postprocessor
 from .preprocess import preprocess_batch
 
 ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
-
-
-@dataclass
-class Detections:
-    """Detections of one image.
-
-    Attributes:
-        boxes: (n, 4) float32 xyxy in original-image pixels.
-        scores: (n,) float32 in [0, 1], descending.
-        labels: (n,) int64, 0-based class index of the model.
-        names: class name per detection. category_ids: (n,) original category id per detection.
-        image_size: original (width, height). source: the file it came from, if any.
-    """
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    labels: np.ndarray
-    names: list[str]
-    category_ids: np.ndarray
-    image_size: tuple[int, int]
-    source: str | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.scores)
-
-    def to_coco(self, file_name: str | None = None, image_id: int | None = None) -> list[dict]:
-        """COCO results records: bbox [x, y, w, h] in original pixels, the weights' category ids."""
-        name = file_name if file_name is not None else self.source
-        out = []
-        for box, score, cid, cname in zip(
-            self.boxes.tolist(), self.scores.tolist(), self.category_ids.tolist(), self.names
-        ):
-            rec = {
-                "bbox": [round(box[0], 3), round(box[1], 3), round(box[2] - box[0], 3), round(box[3] - box[1], 3)],
-                "score": round(float(score), 5),
-                "category_id": int(cid),
-                "category_name": cname,
-            }
-            if image_id is not None:
-                rec["image_id"] = image_id
-            if name is not None:
-                rec["file_name"] = name
-            out.append(rec)
-        return out
-
-    def counts(self) -> dict[str, int]:
-        """Detections per class name, most frequent first."""
-        counts: dict[str, int] = {}
-        for n in self.names:
-            counts[n] = counts.get(n, 0) + 1
-        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 class Detector:
@@ -183,7 +131,7 @@ class Detector:
         """Detect in one image or many; always returns a list of :class:`Detections` in input order."""
         if batch_size <= 0:
             raise ConfigError(f"batch_size={batch_size} must be a positive integer")
-        items = [images] if _is_single(images) else list(images)  # type: ignore[arg-type]
+        items = [images] if is_single_image(images) else list(images)  # type: ignore[arg-type]
         results: list[Detections] = []
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
@@ -207,27 +155,9 @@ class Detector:
             "inference_ms": (t2 - t1) * 1e3 / n,
             "postprocess_ms": (t3 - t2) * 1e3 / n,
         }
-        dets = []
-        for src, img, out in zip(chunk, pils, outs):
-            labels = out["labels"].cpu().numpy().astype(np.int64)
-            dets.append(
-                Detections(
-                    boxes=out["boxes"].cpu().numpy().astype(np.float32),
-                    scores=out["scores"].cpu().numpy().astype(np.float32),
-                    labels=labels,
-                    names=[str(self.class_names[i]) for i in labels],
-                    category_ids=np.asarray([self.category_ids[i] for i in labels], dtype=np.int64),
-                    image_size=(img.width, img.height),
-                    source=str(src) if isinstance(src, str | Path) else None,
-                    timings=dict(timings),
-                )
-            )
-        return dets
-
-
-def _is_single(x: object) -> bool:
-    if isinstance(x, str | Path | Image.Image):
-        return True
-    if isinstance(x, np.ndarray | torch.Tensor):
-        return x.ndim in (2, 3)
-    return False
+        return [
+            Detections.from_arrays(out["boxes"].cpu().numpy(), out["scores"].cpu().numpy(),
+                                   out["labels"].cpu().numpy(), self.class_names, self.category_ids,
+                                   (img.width, img.height), src, timings)
+            for src, img, out in zip(chunk, pils, outs)
+        ]

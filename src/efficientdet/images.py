@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -263,10 +264,7 @@ def to_pil(image: Any) -> Image.Image:
             raise DataError(f"{what}: cannot convert mode {image.mode} to RGB ({_reason(e)})") from e
     if isinstance(image, np.ndarray):
         return _array_to_pil(image, "numpy image")
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        torch = None  # type: ignore[assignment]
+    torch = sys.modules.get("torch")  # a tensor exists only if torch is imported; never import it here
     if torch is not None and isinstance(image, torch.Tensor):
         what = "tensor image"
         t = image.detach().cpu()
@@ -293,4 +291,14 @@ def to_pil(image: Any) -> Image.Image:
     )
 
 
-__all__ = ["IMAGE_EXTENSIONS", "MAX_IMAGE_PIXELS", "image_size", "load_image", "to_pil"]
+def is_single_image(x: object) -> bool:
+    """Whether ``x`` is one image (a path, PIL image, 2-D/3-D array or tensor) rather than a collection."""
+    if isinstance(x, str | Path | Image.Image | os.PathLike):
+        return True
+    torch = sys.modules.get("torch")
+    if isinstance(x, np.ndarray) or (torch is not None and isinstance(x, torch.Tensor)):
+        return x.ndim in (2, 3)  # type: ignore[union-attr]
+    return False
+
+
+__all__ = ["IMAGE_EXTENSIONS", "is_single_image", "MAX_IMAGE_PIXELS", "image_size", "load_image", "to_pil"]

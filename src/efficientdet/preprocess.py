@@ -12,10 +12,13 @@ Boxes predicted on the canvas are mapped back to original pixels by dividing by 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:  # torch is imported only by the functions that return tensors
+    import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -55,6 +58,8 @@ def _fit(image: Image.Image, height: int, width: int) -> tuple[Image.Image, floa
 
 def normalize(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 (B, H, W, 3) or (B, 3, H, W) -> float32 (B, 3, H, W) normalised with mean/std in [0, 1]."""
+    import torch
+
     if batch.shape[-1] == 3 and batch.shape[1] != 3:
         batch = batch.permute(0, 3, 1, 2)
     m = torch.tensor(mean, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1) * 255.0
@@ -62,28 +67,47 @@ def normalize(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) 
     return ((batch.float() - m) / s).contiguous()
 
 
-def preprocess_batch(
-    images: Sequence[Image.Image], size: int | tuple[int, int], mean: Sequence[float], std: Sequence[float]
-) -> tuple[torch.Tensor, list[float]]:
-    """:func:`letterbox` + :func:`normalize` for a batch, written straight into the network's layout.
+def preprocess_images(
+    images: Sequence[Image.Image],
+    size: int | tuple[int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    channels_last: bool = True,
+) -> tuple[np.ndarray, list[float]]:
+    """:func:`letterbox` + normalisation for a batch, in numpy, written straight into the network's layout.
 
-    The same numbers as ``normalize(stack(letterbox(...)))`` (tested bit for bit), in one pass over
-    each image instead of four: the canvas border is filled with the normalised fill colour, only the
-    resized image is converted, and the batch is built channels-last (the layout the optimised CPU
-    network runs in), so no transposing copy follows.
+    The same numbers as ``normalize(stack(letterbox(...)))`` (tested bit for bit: float32 ``(x - 255 m) /
+    (255 s)`` either way), in one pass over each image instead of four: the canvas border is filled with
+    the normalised fill colour and only the resized image is converted.
 
-    Returns ``(batch, scales)``: float32 (B, 3, H, W) with channels-last strides, and per-image scales.
+    Returns ``(batch, scales)``: float32 (B, H, W, 3) when ``channels_last`` (what the optimised PyTorch
+    network takes, as a channels-last view), else (B, 3, H, W) (an ONNX input), and per-image scales.
     """
     th, tw = (size, size) if isinstance(size, int) else size
-    m = torch.tensor(mean, dtype=torch.float32) * 255.0
-    s = torch.tensor(std, dtype=torch.float32) * 255.0
-    fill = (torch.tensor(fill_color(mean), dtype=torch.float32) - m) / s
-    out = torch.empty((len(images), th, tw, 3), dtype=torch.float32)
-    out[:] = fill
+    m = np.asarray(mean, dtype=np.float32) * np.float32(255.0)
+    s = np.asarray(std, dtype=np.float32) * np.float32(255.0)
+    fill = (np.asarray(fill_color(mean), dtype=np.float32) - m) / s
+    shape = (len(images), th, tw, 3) if channels_last else (len(images), 3, th, tw)
+    out = np.empty(shape, dtype=np.float32)
+    out[:] = fill if channels_last else fill[:, None, None]
     scales = []
     for i, image in enumerate(images):
         resized, scale = _fit(image, th, tw)
-        pixels = torch.from_numpy(np.array(resized, dtype=np.uint8)[..., :3])  # a writable copy (~1 MB)
-        torch.div(pixels.float().sub_(m), s, out=out[i, : resized.height, : resized.width])
+        pixels = np.asarray(resized, dtype=np.uint8)[..., :3]
+        h, w = pixels.shape[:2]
+        if channels_last:
+            np.divide(np.subtract(pixels, m, dtype=np.float32), s, out=out[i, :h, :w])
+        else:
+            out[i, :, :h, :w] = (np.subtract(pixels, m, dtype=np.float32) / s).transpose(2, 0, 1)
         scales.append(scale)
-    return out.permute(0, 3, 1, 2), scales
+    return out, scales
+
+
+def preprocess_batch(
+    images: Sequence[Image.Image], size: int | tuple[int, int], mean: Sequence[float], std: Sequence[float]
+) -> tuple[torch.Tensor, list[float]]:
+    """:func:`preprocess_images` as a float32 (B, 3, H, W) tensor with channels-last strides (no copy)."""
+    import torch
+
+    batch, scales = preprocess_images(images, size, mean, std, channels_last=True)
+    return torch.from_numpy(batch).permute(0, 3, 1, 2), scales

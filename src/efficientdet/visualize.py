@@ -6,7 +6,7 @@ import colorsys
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .detector import Detections
+from .detections import Detections
 
 
 def class_color(label: int) -> tuple[int, int, int]:
