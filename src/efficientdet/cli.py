@@ -106,25 +106,47 @@ def _add_model_options(p: argparse.ArgumentParser, weights_required: bool = Fals
     p.add_argument("--model", default=None,
                    help="variant name (see 'efficientdet models'); default: the one saved in --weights, else d0")
     p.add_argument("--weights", required=weights_required,
-                   help="checkpoint file (this project's or effdet's) or a published name, e.g. tf_efficientdet_d0")
+                   help="checkpoint file (this project's or effdet's), a published name, e.g. tf_efficientdet_d0, "
+                        "or an exported .onnx file (run in onnxruntime)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--image-size", type=image_size, default=None, help="override the network input size")
-    p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch", help="inference runtime")
+    p.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
+                   help="inference runtime (default torch; onnxruntime for an .onnx --weights file)")
 
 
 def _make_detector(args: argparse.Namespace, score_threshold: float, max_det: int):
+    iou = getattr(args, "iou", None)
+    from .deploy import is_onnx_file
+
+    if is_onnx_file(args.weights):  # an exported model: onnxruntime, no PyTorch for --nms files
+        return _onnx_model(args, score_threshold, max_det, iou)
     from .detector import Detector
 
     kwargs = dict(weights=args.weights, device=args.device, score_threshold=score_threshold,
-                  iou_threshold=getattr(args, "iou", 0.5), max_det=max_det, soft_nms=args.soft_nms,
+                  iou_threshold=0.5 if iou is None else iou, max_det=max_det, soft_nms=args.soft_nms,
                   image_size=args.image_size)
-    if args.backend != "torch":
+    if args.backend not in (None, "torch"):
         try:
             from .export.runtime import create_detector
         except ImportError as exc:
             raise ConfigError(f"--backend {args.backend} is not available ({exc}); use --backend torch") from exc
         return create_detector(args.model, backend=args.backend, **kwargs)
     return Detector(args.model, **kwargs)
+
+
+def _onnx_model(args: argparse.Namespace, score_threshold: float, max_det: int, iou: float | None):
+    from .deploy import OnnxModel
+    from .variants import get_config
+
+    name = args.weights
+    if args.device != "cpu" or args.image_size is not None or args.backend == "torch":
+        raise ConfigError(f"{name}: an exported ONNX file runs in onnxruntime on the CPU at its exported size; "
+                          "drop --device, --image-size and --backend torch")
+    model = OnnxModel(name, score_threshold=score_threshold, max_det=max_det, iou_threshold=iou,
+                      soft_nms=args.soft_nms)
+    if args.model is not None and get_config(args.model).name != model.config.get("name"):
+        raise ConfigError(f"{name}: the file holds {model.config.get('name')}, not {args.model}; drop --model")
+    return model
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -188,7 +210,7 @@ def _add_predict(sub) -> None:
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="image files, directories or globs")
     _add_model_options(p)
     p.add_argument("--score-threshold", type=unit_float, default=0.25, help="minimum score (default 0.25)")
-    p.add_argument("--iou", type=unit_float, default=0.5, help="NMS IoU threshold (default 0.5)")
+    p.add_argument("--iou", type=unit_float, default=None, help="NMS IoU threshold (default 0.5)")
     p.add_argument("--soft-nms", action="store_true", help="Gaussian soft-NMS instead of hard NMS")
     p.add_argument("--max-det", type=positive_int, default=100, help="detections per image (default 100)")
     p.add_argument("--batch-size", type=positive_int, default=1, help="images per forward pass (default 1)")

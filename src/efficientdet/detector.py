@@ -22,7 +22,7 @@ from .factory import create_model
 from .images import is_single_image, to_pil
 from .model.efficientdet import EfficientDet, flatten_outputs
 from .postprocess import PostprocessConfig, Postprocessor
-from .preprocess import preprocess_batch
+from .preprocess import preprocess_images
 
 ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
 
@@ -102,15 +102,22 @@ class Detector:
         unused = [n is None for n in self.class_names]
         self.class_mask = torch.tensor([not u for u in unused], device=self.device) if any(unused) else None
 
+    channels_last_input = True
+
     # -- stages -----------------------------------------------------------------------------------
     def preprocess(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """RGB PIL images -> (normalised (B, 3, S, S), scales (B,), original (h, w) sizes (B, 2)).
 
-        The batch has channels-last strides (:func:`~efficientdet.preprocess.preprocess_batch`).
+        The batch has channels-last strides (what the optimised network runs in) unless
+        ``channels_last_input`` is False (a contiguous NCHW batch, what onnxruntime takes).
         """
-        batch, scales = preprocess_batch(images, self.image_size, self.config.mean, self.config.std)
+        batch, scales = preprocess_images(images, self.image_size, self.config.mean, self.config.std,
+                                          channels_last=self.channels_last_input)
+        tensor = torch.from_numpy(batch)
+        if self.channels_last_input:
+            tensor = tensor.permute(0, 3, 1, 2)  # (B, 3, H, W) view with channels-last strides
         sizes = [(img.height, img.width) for img in images]
-        return batch.to(self.device), torch.tensor(scales, dtype=torch.float64), torch.tensor(sizes)
+        return tensor.to(self.device), torch.tensor(scales, dtype=torch.float64), torch.tensor(sizes)
 
     @torch.inference_mode()
     def forward_network(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..deploy import make_session, run_in_fixed_batches
 from ..detector import Detector
 from ..errors import ConfigError
 from .onnx import export_onnx
@@ -32,7 +33,7 @@ def _model_key(model: torch.nn.Module, opset: int) -> str:
     """Hash of the weights + config + export settings (a changed checkpoint gets a new file)."""
     h = hashlib.sha256()
     h.update(repr(model.config.to_dict()).encode())  # type: ignore[attr-defined]
-    h.update(f"raw-dynamic-opset{opset}-torch{torch.__version__}".encode())
+    h.update(f"raw-v2-opset{opset}-torch{torch.__version__}".encode())  # v2: graph without a Cast copy
     for name, t in model.state_dict().items():
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
@@ -42,12 +43,12 @@ def _model_key(model: torch.nn.Module, opset: int) -> str:
 class OnnxDetector(Detector):
     """A :class:`Detector` whose ``forward_network`` runs an exported ONNX file in onnxruntime (CPU)."""
 
+    channels_last_input = False  # preprocessing writes the contiguous NCHW batch onnxruntime takes
+
     def __init__(self, *args: object, onnx_path: str | Path | None = None, threads: int | None = None,
                  opset: int = 17, batch: int = 1, **kwargs: object) -> None:
         kwargs["optimize"] = False  # the exported graph is already BN-folded
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        import onnxruntime as ort
-
         if self.device.type != "cpu":
             raise ConfigError("--backend onnxruntime runs on the CPU here; use --device cpu or --backend torch")
         if onnx_path is None:
@@ -61,35 +62,14 @@ class OnnxDetector(Detector):
                 export_onnx(self.model, tmp, batch=batch, opset=opset)
                 os.replace(tmp, onnx_path)
         self.onnx_path = Path(onnx_path)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # onnxruntime's worker threads keep spinning after a run by default and take the cores from the
-        # PyTorch preprocessing / post-processing around it: stopping them at the end of each run is
-        # ~7 ms faster end to end for D0 on 2 cores (BENCHMARKS.md)
-        options.add_session_config_entry("session.force_spinning_stop", "1")
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(self.onnx_path), options, providers=["CPUExecutionProvider"])
+        self.session = make_session(self.onnx_path, threads)
         self.network = None  # type: ignore[assignment]
 
     def forward_network(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised (B, 3, S, S) float batch -> (B, N, C) logits and (B, N, 4) deltas from onnxruntime."""
         x = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
-        fixed = self.session.get_inputs()[0].shape[0]
-        if not isinstance(fixed, int) or fixed == len(x):
-            cls, box = self.session.run(["cls_logits", "box_deltas"], {"images": x})
-            return torch.from_numpy(cls), torch.from_numpy(box)
-        outs_cls, outs_box = [], []
-        for start in range(0, len(x), fixed):  # split into chunks of the exported batch, pad the last
-            chunk = x[start : start + fixed]
-            n = len(chunk)
-            if n < fixed:
-                chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), np.float32)])
-            cls, box = self.session.run(["cls_logits", "box_deltas"], {"images": chunk})
-            outs_cls.append(cls[:n])
-            outs_box.append(box[:n])
-        return torch.from_numpy(np.concatenate(outs_cls)), torch.from_numpy(np.concatenate(outs_box))
+        cls, box = run_in_fixed_batches(self.session, ["cls_logits", "box_deltas"], {"images": x})
+        return torch.from_numpy(cls), torch.from_numpy(box)
 
 
 def create_detector(model: object = "efficientdet_d0", backend: str = "torch", **kwargs: object) -> Detector:
