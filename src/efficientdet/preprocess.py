@@ -95,10 +95,13 @@ def preprocess_images(
         resized, scale = _fit(image, th, tw)
         pixels = np.asarray(resized, dtype=np.uint8)[..., :3]
         h, w = pixels.shape[:2]
+        # in place, into the output layout: a transposing assignment of a temporary is ~9x slower
         if channels_last:
-            np.divide(np.subtract(pixels, m, dtype=np.float32), s, out=out[i, :h, :w])
+            view, src, mean_, std_ = out[i, :h, :w], pixels, m, s
         else:
-            out[i, :, :h, :w] = (np.subtract(pixels, m, dtype=np.float32) / s).transpose(2, 0, 1)
+            view, src, mean_, std_ = out[i, :, :h, :w], pixels.transpose(2, 0, 1), m[:, None, None], s[:, None, None]
+        np.subtract(src, mean_, out=view, dtype=np.float32)
+        np.divide(view, std_, out=view)
         scales.append(scale)
     return out, scales
 

@@ -137,3 +137,23 @@ def test_onnxruntime_fixed_batch_splits_and_pads(tmp_path, monkeypatch, tiny_che
     for a, b in zip(onnx_det(paths, batch_size=3), torch_det(paths)):
         assert len(a) > 0
         assert_same_detections(a.boxes, a.scores, a.labels, b)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.05])
+def test_nms_graph_single_image_selection_equals_the_batch_top_k(make_tiny_model, threshold):
+    """The NonZero candidate path (fixed batch of one) keeps exactly the pairs of the top-k path."""
+    from efficientdet.export.onnx import build_graph
+
+    model = make_tiny_model(3)
+    model.class_names = [None if i % 7 == 0 else f"c{i}" for i in range(model.config.num_classes)]  # masked ids
+    graph = build_graph(model, nms=True, score_threshold=threshold, max_det=60, topk=300)
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        graph.single_image = False
+        want = graph(x)
+        graph.single_image = True
+        got = graph(x)
+    n = int(want[3][0])
+    assert int(got[3][0]) == n and n > 10
+    assert torch.equal(got[2], want[2]) and torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
+    assert not any(int(label) % 7 == 0 for label in got[2][0, :n])

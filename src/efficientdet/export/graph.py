@@ -9,7 +9,8 @@ stay in Python, :mod:`efficientdet.preprocess`).
   network-input pixels clipped to the canvas [0, S] (or, given the optional second input ``image_sizes``,
   to each image's extent on the canvas), ``scores`` (B, max_det) (0 for padding),
   ``labels`` (B, max_det) int64 0-based (-1 for padding), ``num_detections`` (B,) int64. Steps: top-k
-  (anchor, class) pairs, decode, clip, per-class ONNX ``NonMaxSuppression``, best ``max_det``, padded.
+  (anchor, class) pairs, decode, clip, ONNX ``NonMaxSuppression`` per class (boxes offset by class),
+  best ``max_det``, padded.
   Divide boxes by the letterbox scale and clip to the original image to get original pixels.
 """
 
@@ -24,6 +25,7 @@ from torchvision.ops import batched_nms
 from .. import box_coder
 from ..anchors import generate_anchors
 from ..model.efficientdet import flatten_outputs
+from ..postprocess import logit
 
 
 class RawGraph(nn.Module):
@@ -118,6 +120,25 @@ class NMSGraph(nn.Module):
         self.iou_threshold = float(iou_threshold)
         # NonMaxSuppression keeps scores > t; the largest float below the threshold makes it ">= threshold"
         self.nms_score_threshold = max(math.nextafter(self.score_threshold, -1.0), 0.0) if score_threshold > 0 else 0.0
+        # set by the exporters for a fixed batch of one: candidates picked by NonZero (data-dependent size)
+        self.single_image = False
+
+    def _top_pairs_single(self, pairs: torch.Tensor, kth_best: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The top-k of one image's (Ka * C,) candidate logits without a top-k over all of them.
+
+        Only pairs ``>= max(k-th best anchor maximum, logit(score_threshold))`` can be among the top k and
+        pass the threshold (usually a few thousand of the 450k for D0); they are picked with NonZero, padded
+        with k ``-inf`` logits (sigmoid 0: below any threshold, never kept) and the top-k runs over those.
+        Exact; about 3 ms less than the full top-k in onnxruntime for D0. Returns (1, K) logits and indices.
+        """
+        bound = kth_best
+        if self.score_threshold > 0:
+            bound = torch.clamp(bound, min=logit(self.score_threshold) - 1e-4)
+        cand = (pairs >= bound).nonzero().squeeze(1)  # (M,)
+        values = torch.cat([pairs.index_select(0, cand), pairs.new_full((self.topk,), float("-inf"))])
+        ids = torch.cat([cand, cand.new_zeros(self.topk)])
+        logits, pos = values.topk(self.topk, sorted=False)
+        return logits.unsqueeze(0), ids.index_select(0, pos).unsqueeze(0)
 
     def forward(
         self, images: torch.Tensor, image_sizes: torch.Tensor | None = None
@@ -134,9 +155,15 @@ class NMSGraph(nn.Module):
         # anchors with the best per-anchor maximum (k different anchors reach the k-th best maximum),
         # so a top-k over the (B, N) maxima picks the rows and a top-k over those k*C pairs the pairs
         k_anchors = min(self.topk, cls.shape[1])
-        top_anchors = cls.amax(dim=2).topk(k_anchors, dim=1).indices  # (B, Ka)
-        rows = cls.gather(1, top_anchors.unsqueeze(-1).expand(-1, -1, c))  # (B, Ka, C)
-        logits, idx = rows.reshape(b, -1).topk(self.topk, dim=1)  # (B, K)
+        # (unsorted: NMS and the final top max_det order by score anyway)
+        n = cls.shape[1]
+        best, top_anchors = cls.amax(dim=2).topk(k_anchors, dim=1, sorted=False)  # (B, Ka)
+        flat_rows = (top_anchors + torch.arange(b, device=cls.device).unsqueeze(1) * n).reshape(-1)
+        rows = cls.reshape(b * n, c).index_select(0, flat_rows)  # (B * Ka, C), a Gather without an Expand
+        if self.single_image:
+            logits, idx = self._top_pairs_single(rows.reshape(-1), best.amin())
+        else:
+            logits, idx = rows.reshape(b, -1).topk(self.topk, dim=1, sorted=False)  # (B, K)
         row = torch.div(idx, c, rounding_mode="floor")
         labels = idx - row * c
         anchor_idx = top_anchors.gather(1, row)
@@ -145,10 +172,12 @@ class NMSGraph(nn.Module):
         if image_sizes is not None:
             boxes = torch.minimum(boxes, image_sizes.to(boxes.dtype).flip(-1).repeat(1, 2).unsqueeze(1))
         scores = torch.sigmoid(logits)  # (B, K)
-        one_hot = labels.unsqueeze(1) == torch.arange(c, device=labels.device).view(1, c, 1)  # (B, C, K)
-        per_class = torch.where(one_hot, scores.unsqueeze(1), torch.zeros_like(scores).unsqueeze(1))
+        # per-class NMS as one NMS over boxes moved apart by class (boxes of different classes never
+        # overlap, torchvision's batched_nms trick): greedy NMS in score order then equals the per-class
+        # results merged by score, and onnxruntime stops after max_det boxes instead of max_det per class
+        shifted = boxes + (labels.unsqueeze(-1) * (self.size + 1.0)).to(boxes.dtype)
         selected = _NonMaxSuppression.apply(
-            boxes, per_class, self.max_det, self.iou_threshold, self.nms_score_threshold
+            shifted, scores.unsqueeze(1), self.max_det, self.iou_threshold, self.nms_score_threshold
         )  # (M, 3)
         flat = selected[:, 0] * self.topk + selected[:, 2]
         keep = torch.zeros_like(scores).reshape(-1).scatter(0, flat, torch.ones_like(flat, dtype=scores.dtype))

@@ -118,6 +118,8 @@ def export_onnx(
     path, graph, example, meta = prepare_export(model, path, batch, nms, half, fuse, score_threshold,
                                                 iou_threshold, max_det, topk)
     outputs = ["boxes", "scores", "labels", "num_detections"] if nms else ["cls_logits", "box_deltas"]
+    if nms and batch == 1 and not dynamic_batch:
+        graph.single_image = True  # type: ignore[assignment]
     inputs = ["images", "image_sizes"] if nms else ["images"]
     dynamic_axes = {name: {0: "batch"} for name in ["images", *outputs]} if dynamic_batch else {}
     size = float(model.config.image_size)

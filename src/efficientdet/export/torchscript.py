@@ -39,6 +39,8 @@ def export_torchscript(
         raise ConfigError("--format torchscript --nms needs a fixed --batch (the traced NMS is unrolled per image)")
     path, graph, example, meta = prepare_export(model, path, batch, nms, half, fuse, score_threshold,
                                                 iou_threshold, max_det, topk)
+    if nms and batch == 1:
+        graph.single_image = True  # type: ignore[assignment]
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(graph, example, check_trace=False)
