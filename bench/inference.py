@@ -5,7 +5,9 @@
 Random weights (timing only). Reports: end-to-end latency (decoded PIL image in, detections out) of our
 Detector and of effdet's ``DetBenchPredict`` with effdet's eval preprocessing (ResizePad + normalise);
 network alone (ours in PyTorch, BN-folded; ours in onnxruntime; effdet's network exported to ONNX and run
-in onnxruntime); post-processing; latency vs FLOPs over the family; peak RSS of D0 inference (subprocess).
+in onnxruntime); post-processing; the torch-free deployment path (``efficientdet.deploy.OnnxModel`` on an
+``--nms`` export, in its own process, alternated with effdet); latency vs FLOPs over the family; peak RSS
+of D0 inference (subprocesses).
 """
 
 from __future__ import annotations
@@ -104,6 +106,37 @@ def peak_rss_mb(threads: int, weights: Path) -> tuple[float, float]:
     return float(base), float(peak)
 
 
+DEPLOY_CODE = r"""
+import json, statistics, sys, time
+from PIL import Image
+from efficientdet.deploy import OnnxModel
+def hwm():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmHWM'): return int(line.split()[1]) / 1024
+path, image, threads, runs, warmup = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+base = hwm()
+img = Image.open(image).convert('RGB'); img.load()
+model = OnnxModel(path, threads=threads, score_threshold=0.001)
+for _ in range(warmup): model(img)
+times, stages = [], []
+for _ in range(runs):
+    t0 = time.perf_counter(); det = model(img)[0]; times.append((time.perf_counter() - t0) * 1e3)
+    stages.append(det.timings)
+out = {"e2e_ms": statistics.median(times), "num_detections": len(det), "rss_after_import_mb": base,
+       "peak_rss_mb": hwm(), "torch_imported": "torch" in sys.modules}
+out.update({k: statistics.median(s[k] for s in stages) for k in stages[0]})
+print(json.dumps(out))
+"""
+
+
+def deploy_run(onnx_path: Path, image_path: Path, threads: int, runs: int, warmup: int) -> dict:
+    """The torch-free path (``efficientdet.deploy.OnnxModel`` on an ``--nms`` export) in a fresh process:
+    end-to-end latency by stage, and its peak RSS (VmHWM) including the imports."""
+    out = subprocess.run([sys.executable, "-c", DEPLOY_CODE, str(onnx_path), str(image_path), str(threads),
+                          str(runs), str(warmup)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -112,6 +145,8 @@ def main() -> None:
     parser.add_argument("--family", default="d0,d1,d2,d3,d4,d5,d6,d7", help="variants for latency vs FLOPs")
     parser.add_argument("--family-runs", type=int, default=3)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--deploy-rounds", type=int, default=3,
+                        help="rounds of (torch-free deploy process, effdet) timings, alternated")
     parser.add_argument("--no-malloc-tuning", action="store_true",
                         help="leave glibc malloc alone (the efficientdet command tunes it at start-up)")
     args = parser.parse_args()
@@ -171,6 +206,22 @@ def main() -> None:
     ort_det = create_detector("d0", backend="onnxruntime", weights=weights, score_threshold=0.001,
                               threads=args.threads)
     res["ours_e2e_onnxruntime_ms"] = timeit(lambda: ort_det(img), args.runs, args.warmup)
+    # torch-free deployment path, alternated with effdet so both see the same machine state
+    deploy_onnx, image_path = tmpdir / "d0_nms.onnx", tmpdir / "sample.png"
+    export_onnx(ours.model, deploy_onnx, nms=True, score_threshold=0.001)
+    img.save(image_path)
+    deploy, effdet_again = [], []
+    for _ in range(args.deploy_rounds):
+        deploy.append(deploy_run(deploy_onnx, image_path, args.threads, args.runs, args.warmup))
+        effdet_again.append(timeit(lambda: effdet_run(img), args.runs, args.warmup))
+    best = min(deploy, key=lambda r: r["e2e_ms"])
+    res["deploy_rounds"] = deploy
+    res["effdet_e2e_alternating_ms"] = effdet_again
+    res["ours_e2e_deploy_ms"] = statistics.median(r["e2e_ms"] for r in deploy)
+    res["effdet_e2e_alternating_median_ms"] = statistics.median(effdet_again)
+    res["ratio_e2e_deploy_over_effdet"] = res["ours_e2e_deploy_ms"] / res["effdet_e2e_alternating_median_ms"]
+    res["peak_rss_mb_deploy"] = max(r["peak_rss_mb"] for r in deploy)
+    res["deploy_imports_torch"] = best["torch_imported"]
     ort_det = s_ours = s_eff = None  # release the onnxruntime sessions (their threads spin) before torch timings
     res["rss_after_import_mb"], res["peak_rss_mb_d0"] = peak_rss_mb(args.threads, weights)
     family = []
