@@ -107,7 +107,7 @@ def test_torchscript_round_trip(tmp_path, tiny_checkpoint):
         np.testing.assert_allclose(box.numpy(), ref_box, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("soft_nms", [False])
+@pytest.mark.parametrize("soft_nms", [False, True])
 def test_onnxruntime_backend_equals_torch(tmp_path, monkeypatch, tiny_checkpoint, photo_files, soft_nms):
     from efficientdet.export.runtime import create_detector
 
@@ -115,6 +115,7 @@ def test_onnxruntime_backend_equals_torch(tmp_path, monkeypatch, tiny_checkpoint
     kwargs = dict(weights=tiny_checkpoint, score_threshold=0.05, soft_nms=soft_nms)
     onnx_det = create_detector("d0", backend="onnxruntime", **kwargs)
     assert onnx_det.onnx_path.parent == tmp_path / "cache" / "onnx" and onnx_det.onnx_path.is_file()
+    assert onnx_det.nms is (not soft_nms)  # hard NMS runs inside the exported graph
     torch_det = create_detector("d0", backend="torch", **kwargs)
     paths = [str(p) for p in photo_files]
     for a, b in zip(onnx_det(paths, batch_size=2), torch_det(paths)):
