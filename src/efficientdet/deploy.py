@@ -45,6 +45,9 @@ def make_session(path: str | Path, threads: int | None = None) -> Any:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.add_session_config_entry("session.force_spinning_stop", "1")
+    # errors only: onnxruntime warns on every load that the optional ``image_sizes`` input (an initializer
+    # that may be overridden, by design) is not constant-folded
+    options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

@@ -41,7 +41,17 @@ class Detector:
             its convolution, :mod:`efficientdet.export.mkldnn`): same outputs to ~1e-5, about 2x faster on CPU.
             ``None`` (default): on when the Detector builds the model from a name, off when it is given a
             model instance (which may still be training: a fused copy would not follow its weights).
+        backend: ``"torch"`` (this class) or ``"onnxruntime"``: the model is exported once (cached) and run in
+            onnxruntime on the CPU, NMS included (:class:`efficientdet.export.runtime.OnnxDetector`, which
+            also takes ``threads``, ``onnx_path`` and ``batch``); same detections to ~1e-5.
     """
+
+    def __new__(cls, *args: object, backend: str = "torch", **kwargs: object) -> Detector:
+        if cls is Detector and backend != "torch":
+            from .export.runtime import detector_class
+
+            cls = detector_class(backend)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -56,6 +66,7 @@ class Detector:
         image_size: int | None = None,
         num_classes: int | None = None,
         optimize: bool | None = None,
+        backend: str = "torch",
     ) -> None:
         for name, value, lo, hi in (
             ("score_threshold", score_threshold, 0.0, 1.0),

@@ -113,7 +113,8 @@ def test_onnxruntime_backend_equals_torch(tmp_path, monkeypatch, tiny_checkpoint
 
     monkeypatch.setenv("EFFICIENTDET_CACHE", str(tmp_path / "cache"))
     kwargs = dict(weights=tiny_checkpoint, score_threshold=0.05, soft_nms=soft_nms)
-    onnx_det = create_detector("d0", backend="onnxruntime", **kwargs)
+    onnx_det = Detector("d0", backend="onnxruntime", **kwargs)  # the same as create_detector(...)
+    assert type(onnx_det).__name__ == "OnnxDetector"
     assert onnx_det.onnx_path.parent == tmp_path / "cache" / "onnx" and onnx_det.onnx_path.is_file()
     assert onnx_det.nms is (not soft_nms)  # hard NMS runs inside the exported graph
     torch_det = create_detector("d0", backend="torch", **kwargs)

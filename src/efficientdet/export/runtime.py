@@ -53,6 +53,7 @@ class OnnxDetector(Detector):
     def __init__(self, *args: object, onnx_path: str | Path | None = None, threads: int | None = None,
                  opset: int = 17, batch: int = 1, **kwargs: object) -> None:
         kwargs["optimize"] = False  # the exported graph is already BN-folded
+        kwargs["backend"] = "torch"  # the parent builds the PyTorch model that gets exported
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         if self.device.type != "cpu":
             raise ConfigError("--backend onnxruntime runs on the CPU here; use --device cpu or --backend torch")
@@ -95,6 +96,19 @@ class OnnxDetector(Detector):
         return torch.from_numpy(cls), torch.from_numpy(box)
 
 
+def detector_class(backend: str) -> type[Detector]:
+    """The :class:`Detector` class for ``backend`` (``Detector(..., backend=...)`` uses this)."""
+    if backend == "torch":
+        return Detector
+    if backend == "onnxruntime":
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError("--backend onnxruntime needs the onnxruntime package; use --backend torch") from exc
+        return OnnxDetector
+    raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
 def create_detector(model: object = "efficientdet_d0", backend: str = "torch", **kwargs: object) -> Detector:
     """A Detector for ``backend``: ``torch`` (BN-folded, channels-last PyTorch) or ``onnxruntime``.
 
@@ -102,14 +116,8 @@ def create_detector(model: object = "efficientdet_d0", backend: str = "torch", *
     soft_nms, image_size ...); ``onnxruntime`` also takes ``onnx_path`` (use an existing export) and
     ``threads``.
     """
-    if backend == "torch":
+    cls = detector_class(backend)
+    if cls is Detector:
         kwargs.pop("threads", None)
         kwargs.pop("onnx_path", None)
-        return Detector(model, **kwargs)  # type: ignore[arg-type]
-    if backend == "onnxruntime":
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError as exc:
-            raise ConfigError("--backend onnxruntime needs the onnxruntime package; use --backend torch") from exc
-        return OnnxDetector(model, **kwargs)
-    raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    return cls(model, **kwargs)  # type: ignore[arg-type]
