@@ -81,7 +81,9 @@ def add_benchmark_parser(sub: argparse._SubParsersAction) -> None:
         "per variant, with random weights.",
     )
     p.add_argument("--models", default="d0,d1,d2,d3,d4,d5,d6,d7", help="comma-separated variants (default d0..d7)")
-    p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch")
+    p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                   help="torch (default) or onnxruntime (the export with NMS inside, cached: its 'net' column "
+                        "includes the post-processing)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: torch's)")
     p.add_argument("--batch-size", type=positive_int, default=1, help="batch size for the throughput column")
