@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from efficientdet import Detector
@@ -25,6 +26,28 @@ def test_fused_model_equals_unfused(make_tiny_model):
     for a, b, c in zip(ref[0] + ref[1], got[0] + got[1], cl[0] + cl[1]):
         torch.testing.assert_close(b, a, atol=1e-4, rtol=0)
         torch.testing.assert_close(c, a, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("fusion", ["fast", "softmax", "sum"])
+def test_frozen_fusion_equals_the_trained_fusion(fusion):
+    from efficientdet import create_model
+    from efficientdet.export.fuse import FrozenFusion
+    from efficientdet.export.mkldnn import fuse_conv_activations
+
+    torch.manual_seed(0)
+    model = create_model("d0", image_size=128, fpn_channels=16, fpn_layers=2, head_layers=2, fusion=fusion).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "fusion.weight" in name:
+                p.uniform_(-0.5, 2.0)  # some negative (clipped by ReLU in "fast"), all distinct
+    fused = fuse_model(model)
+    assert sum(isinstance(m, FrozenFusion) for m in fused.modules()) == 2 * 8
+    assert fuse_conv_activations(fused.class_net) == 2 * 5  # the head's per-level pointwise convs + SiLU
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        ref, got = model(x), fused(x)
+    for a, b in zip(ref[0] + ref[1], got[0] + got[1]):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=0)
 
 
 def test_optimized_detector_equals_plain(make_tiny_model, photo_files):

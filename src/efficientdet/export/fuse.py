@@ -9,6 +9,7 @@ an :class:`~efficientdet.model.efficientdet.EfficientDet` in which
   its activation (``bn`` -> ``act``);
 - every :class:`~efficientdet.model.layers.SeparableConv` and
   :class:`~efficientdet.model.layers.Projection` loses its BN;
+- every BiFPN fusion has its normalised weights computed once (:class:`FrozenFusion`);
 - the heads, whose separable convs are shared across levels but followed by one BN per level, get
   one folded pointwise conv per (layer, level) (the depthwise conv stays shared).
 
@@ -23,6 +24,7 @@ import copy
 import torch
 from torch import nn
 
+from ..model.bifpn import FUSION_EPS, Fusion
 from ..model.efficientdet import EfficientDet
 from ..model.heads import Head
 from ..model.layers import Projection, SeparableConv
@@ -106,6 +108,38 @@ class FusedHead(nn.Module):
         return outputs
 
 
+class FrozenFusion(nn.Module):
+    """A BiFPN :class:`~efficientdet.model.bifpn.Fusion` with its weights normalised once (inference).
+
+    ``sum(w_i * x_i)`` with the ``fast`` / ``softmax`` weights computed at fusion time as Python floats and
+    accumulated in place into one new tensor: per node one multiply and one in-place add per further
+    input, instead of the weight normalisation's small kernels plus a new tensor per product and sum.
+    """
+
+    def __init__(self, fusion: Fusion) -> None:
+        super().__init__()
+        if fusion.weight is None:
+            self.weights: list[float] | None = None
+        else:
+            w = fusion.weight.detach().double()
+            if fusion.method == "fast":
+                w = torch.relu(w) / (torch.relu(w).sum() + FUSION_EPS)
+            else:
+                w = torch.softmax(w, dim=0)
+            self.weights = [float(v) for v in w]
+
+    def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        if self.weights is None:
+            out = inputs[0] + inputs[1]
+            for x in inputs[2:]:
+                out.add_(x)
+            return out
+        out = inputs[0] * self.weights[0]
+        for x, w in zip(inputs[1:], self.weights[1:]):
+            out.add_(x, alpha=w)
+        return out
+
+
 def fuse_model(model: EfficientDet) -> EfficientDet:
     """A BN-folded, eval-mode copy of ``model`` (the original is untouched).
 
@@ -120,6 +154,10 @@ def fuse_model(model: EfficientDet) -> EfficientDet:
         elif isinstance(m, Projection) and isinstance(m.bn, nn.BatchNorm2d):
             fold_bn(m.conv, m.bn)
             m.bn = nn.Identity()
+    for m in list(fused.modules()):
+        for name, child in list(m.named_children()):
+            if isinstance(child, Fusion):
+                setattr(m, name, FrozenFusion(child))
     fused.class_net = FusedHead(fused.class_net)  # type: ignore[assignment]
     fused.box_net = FusedHead(fused.box_net)  # type: ignore[assignment]
     _fuse_sequential_pairs(fused.backbone)
