@@ -65,8 +65,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     size_mb = path.stat().st_size / 1e6
     kind = "boxes/scores/labels/num_detections" if args.nms else "cls_logits/box_deltas"
     batch = "dynamic" if args.dynamic_batch else str(args.batch)
+    clip = " (+ optional image_sizes (B, 2) to clip boxes to each image)" if args.nms and args.format == "onnx" else ""
+    hint = "; run it without PyTorch: efficientdet.deploy.OnnxModel" if args.format == "onnx" else ""
     print(f"wrote {path} ({size_mb:.1f} MB, {args.format}, input images ({batch}, 3, {model.config.image_size}, "
-          f"{model.config.image_size}) normalised float32, outputs {kind})")
+          f"{model.config.image_size}) normalised float32{clip}, outputs {kind}{hint})")
     return 0
 
 
