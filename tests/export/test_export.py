@@ -159,3 +159,17 @@ def test_nms_graph_single_image_selection_equals_the_batch_top_k(make_tiny_model
     assert int(got[3][0]) == n and n > 10
     assert torch.equal(got[2], want[2]) and torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
     assert not any(int(label) % 7 == 0 for label in got[2][0, :n])
+
+
+def test_half_export_runs_in_onnxruntime_close_to_float32(tmp_path, tiny_checkpoint):
+    out = tmp_path / "half.onnx"
+    assert main(["export", "--model", "d0", "--weights", str(tiny_checkpoint), "--out", str(out), "--half"]) == 0
+    proto = onnx.load(str(out))
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer)  # weights stored in fp16
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = torch.randn(1, 3, 128, 128)
+    cls, box = session.run(None, {"images": x.numpy()})
+    ref_cls, ref_box = _torch_raw(create_model("d0", weights=tiny_checkpoint), x)
+    assert cls.dtype == np.float32 and cls.shape == ref_cls.shape
+    np.testing.assert_allclose(cls, ref_cls, atol=0.05 * float(np.abs(ref_cls).max()), rtol=0)
+    np.testing.assert_allclose(box, ref_box, atol=0.05 * float(np.abs(ref_box).max()), rtol=0)
