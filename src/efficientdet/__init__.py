@@ -19,6 +19,7 @@ run without importing PyTorch (about 500 MB of memory for the CUDA build).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, DataError, EfficientDetError, WeightsError
@@ -47,6 +48,12 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_LAZY[name], __name__), name)
         globals()[name] = value
         return value
+    if not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        # a submodule reached as an attribute (efficientdet.model.efficientdet...): load what an eager
+        # ``import efficientdet`` used to, so the nested submodules are there as before
+        for module in set(_LAZY.values()):
+            importlib.import_module(module, __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
