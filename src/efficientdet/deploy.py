@@ -1,7 +1,7 @@
 """Run an exported EfficientDet (``efficientdet export --format onnx``) without PyTorch.
 
-``OnnxModel("d0.onnx")(images)`` needs only onnxruntime, numpy and Pillow: the process stays near
-150 MB for D0 where importing the CUDA build of PyTorch alone takes about 500 MB. It reads everything
+``OnnxModel("d0.onnx")(images)`` needs only onnxruntime, numpy and Pillow: a D0 process peaks at
+~260 MB, where importing the CUDA build of PyTorch alone takes about 500 MB (BENCHMARKS.md). It reads everything
 it needs from the file's metadata (input size, mean/std, class names and category ids, the NMS
 settings) and returns the same :class:`~efficientdet.detections.Detections` as
 :class:`~efficientdet.detector.Detector`:
@@ -115,14 +115,15 @@ class OnnxModel:
         self.image_size = int(meta["image_size"])
         self.mean, self.std = json.loads(meta["mean"]), json.loads(meta["std"])
         num_classes = int(self.config["num_classes"])
-        names = json.loads(meta.get("class_names", "[]")) or [f"class{i}" for i in range(num_classes)]
+        exported_names = json.loads(meta.get("class_names", "[]"))  # "" = an unused (masked) class slot
+        names = exported_names or [f"class{i}" for i in range(num_classes)]
         self.class_names: list[str] = [n or f"class{i}" for i, n in enumerate(names)]
         self.category_ids: list[int] = json.loads(meta.get("category_ids", "[]")) or list(range(1, num_classes + 1))
         self.nms = meta.get("outputs") == "nms"
         if self.nms:
             self._init_nms(meta, score_threshold, max_det, iou_threshold, soft_nms, topk)
         else:
-            self._init_raw(score_threshold, max_det, iou_threshold, soft_nms, topk)
+            self._init_raw(score_threshold, max_det, iou_threshold, soft_nms, topk, exported_names)
 
     def _init_nms(self, meta: dict[str, str], score_threshold: float | None, max_det: int | None,
                   iou_threshold: float | None, soft_nms: bool, topk: int | None) -> None:
@@ -141,7 +142,7 @@ class OnnxModel:
         self._clip_input = "image_sizes" in overridable  # older files clip to the canvas only
 
     def _init_raw(self, score_threshold: float | None, max_det: int | None, iou_threshold: float | None,
-                  soft_nms: bool, topk: int | None) -> None:
+                  soft_nms: bool, topk: int | None, names: list[str]) -> None:
         import torch  # raw outputs need the PyTorch post-processing (torchvision's NMS)
 
         from .anchors import generate_anchors
@@ -155,7 +156,6 @@ class OnnxModel:
         c = self.config
         self.anchors = generate_anchors(self.image_size, c["min_level"], c["max_level"], c["anchor_scale"],
                                         c["num_scales"], [tuple(r) for r in c["aspect_ratios"]])
-        names = json.loads(self.metadata.get("class_names", "[]"))
         self.class_mask = torch.tensor([bool(n) for n in names]) if names and not all(names) else None
 
     def __call__(self, images: Any, batch_size: int = 8) -> list[Detections]:

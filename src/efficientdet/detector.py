@@ -22,7 +22,7 @@ from .factory import create_model
 from .images import is_single_image, to_pil
 from .model.efficientdet import EfficientDet, flatten_outputs
 from .postprocess import PostprocessConfig, Postprocessor
-from .preprocess import preprocess_images
+from .preprocess import preprocess_batch
 
 ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
 
@@ -45,6 +45,9 @@ class Detector:
             onnxruntime on the CPU, NMS included (:class:`efficientdet.export.runtime.OnnxDetector`, which
             also takes ``threads``, ``onnx_path`` and ``batch``); same detections to ~1e-5.
     """
+
+    #: the preprocessed batch's layout: channels-last strides (what the optimised network runs in)
+    channels_last_input = True
 
     def __new__(cls, *args: object, backend: str = "torch", **kwargs: object) -> Detector:
         if cls is Detector and backend != "torch":
@@ -113,8 +116,6 @@ class Detector:
         unused = [n is None for n in self.class_names]
         self.class_mask = torch.tensor([not u for u in unused], device=self.device) if any(unused) else None
 
-    channels_last_input = True
-
     # -- stages -----------------------------------------------------------------------------------
     def preprocess(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """RGB PIL images -> (normalised (B, 3, S, S), scales (B,), original (h, w) sizes (B, 2)).
@@ -122,13 +123,10 @@ class Detector:
         The batch has channels-last strides (what the optimised network runs in) unless
         ``channels_last_input`` is False (a contiguous NCHW batch, what onnxruntime takes).
         """
-        batch, scales = preprocess_images(images, self.image_size, self.config.mean, self.config.std,
-                                          channels_last=self.channels_last_input)
-        tensor = torch.from_numpy(batch)
-        if self.channels_last_input:
-            tensor = tensor.permute(0, 3, 1, 2)  # (B, 3, H, W) view with channels-last strides
+        batch, scales = preprocess_batch(images, self.image_size, self.config.mean, self.config.std,
+                                         channels_last=self.channels_last_input)
         sizes = [(img.height, img.width) for img in images]
-        return tensor.to(self.device), torch.tensor(scales, dtype=torch.float64), torch.tensor(sizes)
+        return batch.to(self.device), torch.tensor(scales, dtype=torch.float64), torch.tensor(sizes)
 
     @torch.inference_mode()
     def forward_network(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -112,10 +112,16 @@ def preprocess_images(
 
 
 def preprocess_batch(
-    images: Sequence[Image.Image], size: int | tuple[int, int], mean: Sequence[float], std: Sequence[float]
+    images: Sequence[Image.Image],
+    size: int | tuple[int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    channels_last: bool = True,
 ) -> tuple[torch.Tensor, list[float]]:
-    """:func:`preprocess_images` as a float32 (B, 3, H, W) tensor with channels-last strides (no copy)."""
+    """:func:`preprocess_images` as a float32 (B, 3, H, W) tensor (no copy): channels-last strides, or
+    contiguous NCHW with ``channels_last=False``."""
     import torch
 
-    batch, scales = preprocess_images(images, size, mean, std, channels_last=True)
-    return torch.from_numpy(batch).permute(0, 3, 1, 2), scales
+    batch, scales = preprocess_images(images, size, mean, std, channels_last=channels_last)
+    tensor = torch.from_numpy(batch)
+    return (tensor.permute(0, 3, 1, 2) if channels_last else tensor), scales

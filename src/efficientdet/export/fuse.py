@@ -24,7 +24,7 @@ import copy
 import torch
 from torch import nn
 
-from ..model.bifpn import FUSION_EPS, Fusion
+from ..model.bifpn import Fusion
 from ..model.efficientdet import EfficientDet
 from ..model.heads import Head
 from ..model.layers import Projection, SeparableConv
@@ -118,15 +118,8 @@ class FrozenFusion(nn.Module):
 
     def __init__(self, fusion: Fusion) -> None:
         super().__init__()
-        if fusion.weight is None:
-            self.weights: list[float] | None = None
-        else:
-            w = fusion.weight.detach().double()
-            if fusion.method == "fast":
-                w = torch.relu(w) / (torch.relu(w).sum() + FUSION_EPS)
-            else:
-                w = torch.softmax(w, dim=0)
-            self.weights = [float(v) for v in w]
+        w = fusion.normalized_weights(torch.float64)
+        self.weights: list[float] | None = None if w is None else [float(v) for v in w.detach()]
 
     def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         if self.weights is None:

@@ -154,9 +154,9 @@ class NMSGraph(nn.Module):
         # the official top-k over all N*C pairs, in two small steps: the k best pairs lie among the k
         # anchors with the best per-anchor maximum (k different anchors reach the k-th best maximum),
         # so a top-k over the (B, N) maxima picks the rows and a top-k over those k*C pairs the pairs
-        k_anchors = min(self.topk, cls.shape[1])
         # (unsorted: NMS and the final top max_det order by score anyway)
         n = cls.shape[1]
+        k_anchors = min(self.topk, n)
         best, top_anchors = cls.amax(dim=2).topk(k_anchors, dim=1, sorted=False)  # (B, Ka)
         flat_rows = (top_anchors + torch.arange(b, device=cls.device).unsqueeze(1) * n).reshape(-1)
         rows = cls.reshape(b * n, c).index_select(0, flat_rows)  # (B * Ka, C), a Gather without an Expand

@@ -94,14 +94,20 @@ class Fusion(nn.Module):
         self.method = method
         self.weight = nn.Parameter(torch.ones(num_inputs)) if method != "sum" else None
 
-    def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+    def normalized_weights(self, dtype: torch.dtype | None = None) -> torch.Tensor | None:
+        """The per-input fusion weights (``fast`` or ``softmax`` normalised), or None for ``sum``."""
         if self.weight is None:
+            return None
+        w = self.weight if dtype is None else self.weight.to(dtype)
+        return F.relu(w) / (F.relu(w).sum() + FUSION_EPS) if self.method == "fast" else torch.softmax(w, dim=0)
+
+    def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        w = self.normalized_weights(inputs[0].dtype)
+        if w is None:
             out = inputs[0]
             for x in inputs[1:]:
                 out = out + x
             return out
-        w = self.weight.to(inputs[0].dtype)
-        w = F.relu(w) / (F.relu(w).sum() + FUSION_EPS) if self.method == "fast" else torch.softmax(w, dim=0)
         out = inputs[0] * w[0]
         for i in range(1, len(inputs)):
             out = out + inputs[i] * w[i]
