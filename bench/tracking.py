@@ -3,7 +3,7 @@
 1. generates training sequences and held-out sequences (:mod:`efficientdet.data.sequences`: shapes that
    move, cross and hide behind a pillar), deterministic;
 2. trains a small EfficientDet on the training frames with the public API
-   (``efficientdet.train.train(TrainConfig(...))``, tinynet_e backbone, 256 px, CPU) unless ``--weights``;
+   (``efficientdet.train.train(TrainConfig(...))``, tinynet_e backbone, 224 px, CPU) unless ``--weights``;
 3. runs detector + :class:`efficientdet.track.Tracker` over every held-out sequence and scores the tracks
    with motmetrics (MOTA, IDF1) against the known tracks; also the tracker alone on noisy ground-truth
    boxes, and the detector's COCO AP on the held-out frames.
@@ -87,7 +87,10 @@ def run(args: argparse.Namespace) -> dict:
     print(f"sequences: {len(train_seqs)} x {args.train_frames} training frames, {len(test_seqs)} x "
           f"{args.test_frames} held-out frames ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
 
-    result: dict = {"cpu": cpu_name(), "train_sequences": len(train_seqs), "train_frames": args.train_frames,
+    import torch
+
+    result: dict = {"cpu": cpu_name(), "torch_threads": torch.get_num_threads(),
+                    "train_sequences": len(train_seqs), "train_frames": args.train_frames,
                     "test_sequences": len(test_seqs), "test_frames": args.test_frames}
 
     # the tracker alone, on noisy ground truth
@@ -153,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/bench_tracking")
     p.add_argument("--weights", help="skip training and use this checkpoint")
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--train-sequences", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--train-sequences", type=int, default=6)
     p.add_argument("--train-frames", type=int, default=50)
     p.add_argument("--test-sequences", type=int, default=4)
     p.add_argument("--test-frames", type=int, default=60)

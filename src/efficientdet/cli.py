@@ -158,7 +158,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"error: {line}", file=sys.stderr)
     if not items:
         raise ConfigError("no images to predict on; pass image files, directories or globs")
-    detector = _make_detector(args, args.score_threshold, args.max_det)
+    detector = _make_detector(args, min(args.score_threshold, _TRACK_LOW) if args.track else args.score_threshold,
+                              args.max_det)
+    detector, tracker = _tile_and_track(detector, args)
     out_dir = Path(args.out) if args.out else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -178,6 +180,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if not images:
             continue
         for name, img, det in zip(names, images, detector(images, batch_size=args.batch_size)):
+            if tracker is not None:  # the images are the frames of one sequence, in the order given
+                det = tracker.update(det)  # confirmed tracks only, low-score extensions included
             total += len(det)
             counts = ", ".join(f"{n} {c}" for c, n in det.counts().items()) or "no detections"
             t = det.timings
@@ -216,7 +220,42 @@ def _add_predict(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=1, help="images per forward pass (default 1)")
     p.add_argument("--out", help="folder for annotated images")
     p.add_argument("--json", help="write detections as COCO-style results JSON")
+    _add_tile_track_options(p, track=True)
     p.set_defaults(func=cmd_predict)
+
+
+# -- sliced inference and tracking (predict, eval) -----------------------------------------------------------
+_TRACK_LOW = 0.1  # the tracker's low-score threshold: detections down to it extend tracks
+
+
+def _add_tile_track_options(p: argparse.ArgumentParser, track: bool) -> None:
+    p.add_argument("--tile", type=positive_int, default=None, metavar="SIZE",
+                   help="sliced inference: run overlapping SIZE x SIZE tiles (original pixels) plus the whole "
+                        "image and merge the boxes (small objects in large images)")
+    p.add_argument("--tile-overlap", type=_typed(float, "a number", lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
+                   default=0.2, help="overlap of neighbouring tiles as a fraction of --tile (default 0.2)")
+    if track:
+        p.add_argument("--track", action="store_true",
+                       help="give objects persistent ids across the inputs, taken as frames in order (ByteTrack-"
+                            "style tracker); --json records get a track_id")
+
+
+def _tile_and_track(detector, args: argparse.Namespace):
+    """The detector wrapped for ``--tile``, and a tracker for ``--track`` (or None)."""
+    if args.tile_overlap != 0.2 and args.tile is None:
+        raise ConfigError("--tile-overlap needs --tile SIZE")
+    if args.tile is not None:
+        from .tiling import TiledDetector
+
+        detector = TiledDetector(detector, tile=args.tile, overlap=args.tile_overlap,
+                                 max_det=getattr(args, "max_det", 100))
+    tracker = None
+    if getattr(args, "track", False):
+        from .track import Tracker
+
+        tracker = Tracker(track_thresh=max(0.5, args.score_threshold), low_thresh=min(_TRACK_LOW,
+                          args.score_threshold))
+    return detector, tracker
 
 
 # -- models -------------------------------------------------------------------------------------------------
@@ -280,7 +319,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         data = read_dataset(args.format, args.images, args.annotations, strict=args.strict)
         if data.report.counts:
             print(data.report.summary(), file=sys.stderr)
-        detector = _make_detector(args, 0.001, 100)
+        detector, _ = _tile_and_track(_make_detector(args, 0.001, 100), args)
         metrics, dets = evaluate_model(detector, data, batch_size=args.batch_size, backend=args.coco_backend,
                                        show_progress=sys.stderr.isatty())
         if args.save_predictions:
@@ -307,6 +346,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--strict", action="store_true", help="fail on any annotation problem instead of skipping")
     p.add_argument("--coco-backend", choices=("pycocotools", "faster-coco-eval"), default="pycocotools")
     p.add_argument("--save-predictions", help="also write the model's detections (COCO results JSON)")
+    _add_tile_track_options(p, track=False)
     p.set_defaults(func=cmd_eval)
 
 
