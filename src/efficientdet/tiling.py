@@ -52,12 +52,16 @@ def tile_grid(width: int, height: int, tile: int, overlap: float) -> list[tuple[
 
 
 def _inter_over_first(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(n, m) intersection area / area of a[i] for xyxy boxes."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area = np.clip(a[:, 2:] - a[:, :2], 1e-9, None).prod(-1)
-    return inter / area[:, None]
+    """(n, m) intersection area / area of a[i] for xyxy boxes (float32: this is the merge's largest matrix)."""
+    a, b = a.astype(np.float32), b.astype(np.float32)
+    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    np.maximum(iw, 0, out=iw)
+    np.maximum(ih, 0, out=ih)
+    iw *= ih
+    area = np.maximum((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]), 1e-9)
+    iw /= area[:, None]
+    return iw
 
 
 def _overlap_1d(a0: np.ndarray, a1: np.ndarray, b0: np.ndarray, b1: np.ndarray) -> np.ndarray:
