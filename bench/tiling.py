@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/bench_tiling")
     p.add_argument("--weights", help="skip training and use this checkpoint")
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--num-crops", type=int, default=300)
     p.add_argument("--num-large", type=int, default=4)
     p.add_argument("--overlap", type=float, default=0.2)
