@@ -57,7 +57,7 @@ def train_step(state: TrainState, setup: StepSetup, images: torch.Tensor, target
                           [x["iscrowd"] for x in targets])
     with setup.autocast():
         cls, box = setup.forward(images)
-    cls, box = flatten_outputs(cls, box, setup.loss_fn.num_classes)
+    cls, box = flatten_outputs(cls, box, state.model.config.num_classes)
     terms = setup.loss_fn(cls, box, match.cls_targets, match.box_targets)
     loss = terms["loss"]
     scale = 1.0
