@@ -6,7 +6,7 @@
    (``efficientdet.train.train(TrainConfig(...))``, CPU) unless ``--weights``;
 3. scores the same weights on the large images with pycocotools (``efficientdet.eval``): the whole
    image letterboxed to the network's 256 px, the whole image at ``--image-size-large`` px, and
-   :class:`efficientdet.tiling.TiledDetector` (256 px tiles, 0.2 overlap, plus the whole image).
+   :class:`efficientdet.inference.tiling.TiledDetector` (256 px tiles, 0.2 overlap, plus the whole image).
 
     PYTHONPATH=src python bench/tiling.py --out runs/bench_tiling --json bench/tiling_result.json
 """
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> dict:
     from efficientdet import Detector
     from efficientdet.data import read_dataset
     from efficientdet.eval.run import evaluate_model
-    from efficientdet.tiling import TiledDetector
+    from efficientdet.inference.tiling import TiledDetector
 
     out = Path(args.out)
     t0 = time.perf_counter()

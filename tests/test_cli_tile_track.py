@@ -13,7 +13,7 @@ from efficientdet import Detector, create_model
 from efficientdet.cli import main
 from efficientdet.data.sequences import make_synthetic_sequences
 from efficientdet.data.synth_large import make_large_image_dataset
-from efficientdet.tiling import TiledDetector
+from efficientdet.inference.tiling import TiledDetector
 from efficientdet.weights import save_checkpoint
 
 TINY = dict(image_size=128, fpn_channels=16, fpn_layers=1, head_layers=1)

@@ -15,7 +15,7 @@ from scipy import ndimage
 from efficientdet import Detector, create_model
 from efficientdet.detections import Detections
 from efficientdet.errors import ConfigError
-from efficientdet.tiling import TiledDetector, tile_grid, tile_starts
+from efficientdet.inference.tiling import TiledDetector, tile_grid, tile_starts
 from efficientdet.track import box_iou
 
 RED = (255, 0, 0)
@@ -138,7 +138,7 @@ def test_with_a_real_efficientdet(tmp_path, photo_files):
         model.class_net.predict.pw.bias.fill_(0.0)
     detector = Detector(model, score_threshold=0.2, max_det=20)
     tiled = TiledDetector(detector, tile=128, overlap=0.2, max_det=50)
-    assert tiled.class_names == detector.class_names  # the wrapped detector's attributes
+    assert tiled.labels is detector.labels and tiled.config is detector.config  # the wrapped detector's own
     dets = tiled([str(p) for p in photo_files], batch_size=4)
     assert len(dets) == 3
     for det, path in zip(dets, photo_files):

@@ -28,9 +28,9 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .detections import Detections
-from .errors import ConfigError
-from .images import is_single_image, to_pil
+from ..detections import Detections
+from ..errors import ConfigError
+from ..images import is_single_image, to_pil
 
 MERGES = ("nms", "wbf")
 
@@ -248,7 +248,8 @@ class TiledDetector:
 
     def _fuse(self, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray):
         """Greedy clusters in score order (IoU with the cluster's fused box > threshold, same class)."""
-        from .track.bytetrack import box_iou
+        import torch
+        from torchvision.ops import box_iou
 
         order = np.argsort(-scores, kind="stable")
         heads: list[int] = []  # source index of each cluster's best box
@@ -257,7 +258,7 @@ class TiledDetector:
         cluster_label = np.zeros(0, np.int64)
         for i in order.tolist():
             if len(heads):
-                iou = box_iou(boxes[i : i + 1], fused)[0]
+                iou = box_iou(torch.from_numpy(boxes[i : i + 1]), torch.from_numpy(fused))[0].numpy()
                 iou[cluster_label != labels[i]] = 0.0
                 j = int(np.argmax(iou))
                 if iou[j] > self.iou_threshold:
