@@ -39,7 +39,8 @@ def test_predict_tile_matches_the_python_api(tmp_path, tiny_weights, large_set, 
     image = large_set["images"] / "00000.jpg"
     js = tmp_path / "dets.json"
     code = main(["predict", str(image), "--weights", str(tiny_weights), "--tile", "128", "--tile-overlap", "0.3",
-                 "--score-threshold", "0.3", "--json", str(js), "--out", str(tmp_path / "annotated")])
+                 "--score-threshold", "0.3", "--json", str(js), "--out", str(tmp_path / "annotated"),
+                 "--backend", "torch"])
     assert code == 0 and "ms inference" in capsys.readouterr().out
     records = json.loads(js.read_text())
     api = TiledDetector(Detector("d0", weights=tiny_weights, score_threshold=0.3), tile=128, overlap=0.3,
