@@ -49,7 +49,7 @@ def train_detector(data: Path, out: Path, epochs: int, image_size: int, workers:
         train_images=str(data), train_annotations=str(data / "annotations.json"), model="efficientdet_d0",
         image_size=image_size, model_overrides=dict(MODEL), epochs=epochs, batch_size=8, optimizer="adamw",
         lr=4e-3, warmup_epochs=1.0, ema_warmup_steps=200.0, scale_min=0.7, scale_max=1.3, amp=False,
-        workers=workers, checkpoint_stages=0, out=str(out), tensorboard=False, plots=False, progress=False,
+        workers=workers, recompute_stages=0, out=str(out), tensorboard=False, plots=False, progress=False,
     )
     result = train(cfg)
     return Path(result.best or result.last)
