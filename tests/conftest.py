@@ -35,11 +35,21 @@ def make_photo(path: Path, width: int, height: int, seed: int = 0) -> Path:
     return path
 
 
+def _photos(folder: Path) -> list[Path]:
+    return [
+        make_photo(folder / "wide.jpg", 320, 200, 1),
+        make_photo(folder / "tall.png", 150, 260, 2),
+        make_photo(folder / "square.jpg", 128, 128, 3),
+    ]
+
+
 @pytest.fixture
 def photo_files(tmp_path: Path) -> list[Path]:
     """Three real image files of different sizes and formats."""
-    return [
-        make_photo(tmp_path / "wide.jpg", 320, 200, 1),
-        make_photo(tmp_path / "tall.png", 150, 260, 2),
-        make_photo(tmp_path / "square.jpg", 128, 128, 3),
-    ]
+    return _photos(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def session_photo_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """The same three files, made once per session (for module- and session-scoped fixtures)."""
+    return _photos(tmp_path_factory.mktemp("photos"))
