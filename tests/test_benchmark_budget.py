@@ -7,8 +7,8 @@ from dataclasses import asdict
 
 import pytest
 
+from efficientdet.benchmark import BenchResult
 from efficientdet.cli import main
-from efficientdet.export.benchmark import BenchResult
 
 
 def test_live_budget_excludes_the_first_variant_and_skips_the_larger_ones(tmp_path, capsys):

@@ -94,7 +94,7 @@ def test_detections_equal_effdet(tmp_path, photo_files, effdet_name, ours, size,
     # on the ill-conditioned random Lite0); the default optimised path is tested at the native sizes below
     detector = Detector(ours, weights=weights, image_size=size, score_threshold=0.0, soft_nms=soft_nms,
                         optimize=False)
-    assert detector.config.num_classes == 90 and detector.network is detector.model
+    assert detector.config.num_classes == 90 and detector.runner.network is detector.model
     for path in photo_files[:2]:
         expected = effdet_detect(reference, path)
         expected = expected[expected[:, 4] > 0]
@@ -153,7 +153,7 @@ def test_default_detector_equals_effdet_at_native_size(tmp_path, photo_files, ef
     torch.save(reference.state_dict(), weights)
     del reference
     detector = Detector(ours, weights=weights, score_threshold=0.001)  # the default: the optimised copy
-    assert detector.image_size == size and detector.network is not detector.model
+    assert detector.image_size == size and detector.runner.network is not detector.model  # the fused copy
     for path, want in zip(paths, expected):
         got = detector(str(path))[0]
         # effdet keeps its best 100 after NMS, without a threshold: all of them pass 0.001 here
