@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .detections import Detections
+from .detections import Detections, PreparedBatch
 from .errors import ConfigError, WeightsError
 from .images import is_single_image, to_pil
 from .preprocess import preprocess_images
@@ -168,10 +168,21 @@ class OnnxModel:
             results.extend(self._run(items[start : start + batch_size]))
         return results
 
-    def _run(self, chunk: Sequence[Any]) -> list[Detections]:
+    def prepare(self, images: Sequence[Any]) -> PreparedBatch:
+        """The CPU half of a call (thread-safe): images -> RGB PIL images + the letterboxed, normalised
+        batch; :meth:`detect_prepared` runs the rest (``detect_prepared(prepare(x))`` equals ``self(x)``)."""
         t0 = time.perf_counter()
-        pils = [to_pil(x) for x in chunk]
+        pils = [to_pil(x) for x in images]
         batch, scales = preprocess_images(pils, self.image_size, self.mean, self.std, channels_last=False)
+        return PreparedBatch(list(images), pils, (batch, scales), time.perf_counter() - t0)
+
+    def _run(self, chunk: Sequence[Any]) -> list[Detections]:
+        return self.detect_prepared(self.prepare(chunk))
+
+    def detect_prepared(self, prepared: PreparedBatch) -> list[Detections]:
+        """onnxruntime + post-processing of a :meth:`prepare`'d batch -> one :class:`Detections` per image."""
+        chunk, pils = prepared.sources, prepared.images
+        batch, scales = prepared.inputs
         scale = np.asarray(scales, dtype=np.float32)
         t1 = time.perf_counter()
         if self.nms:
@@ -192,7 +203,7 @@ class OnnxModel:
             outs, t2 = self._raw(batch, scales, pils)
         t3 = time.perf_counter()
         n = len(chunk)
-        timings = {"preprocess_ms": (t1 - t0) * 1e3 / n, "inference_ms": (t2 - t1) * 1e3 / n,
+        timings = {"preprocess_ms": prepared.preprocess_s * 1e3 / n, "inference_ms": (t2 - t1) * 1e3 / n,
                    "postprocess_ms": (t3 - t2) * 1e3 / n}
         return [Detections.from_arrays(b, s, lab, self.class_names, self.category_ids, (p.width, p.height), src,
                                        timings)

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from .anchors import generate_anchors
-from .detections import Detections
+from .detections import Detections, PreparedBatch
 from .errors import ConfigError
 from .factory import create_model
 from .images import is_single_image, to_pil
@@ -154,10 +154,21 @@ class Detector:
             results.extend(self._run(chunk))
         return results
 
-    def _run(self, chunk: list[ImageInput]) -> list[Detections]:
+    def prepare(self, images: Sequence[ImageInput]) -> PreparedBatch:
+        """The CPU half of a call: images -> RGB PIL images + the letterboxed, normalised batch.
+
+        Thread-safe; a pipeline (:mod:`efficientdet.pipeline`) prepares the next batch with it while
+        :meth:`detect_prepared` runs the network on this one. ``detect_prepared(prepare(x))`` equals
+        ``self(x, batch_size=len(x))``.
+        """
         t0 = time.perf_counter()
-        pils = [to_pil(x) for x in chunk]
-        batch, scales, sizes = self.preprocess(pils)
+        pils = [to_pil(x) for x in images]
+        inputs = self.preprocess(pils)
+        return PreparedBatch(list(images), pils, inputs, time.perf_counter() - t0)
+
+    def detect_prepared(self, prepared: PreparedBatch) -> list[Detections]:
+        """Network + post-processing of a :meth:`prepare`'d batch -> one :class:`Detections` per image."""
+        batch, scales, sizes = prepared.inputs
         t1 = time.perf_counter()
         cls, box = self.forward_network(batch)
         if self.device.type == "cuda":
@@ -165,9 +176,9 @@ class Detector:
         t2 = time.perf_counter()
         outs = self.postprocess_outputs(cls, box, scales, sizes)
         t3 = time.perf_counter()
-        n = len(chunk)
+        n = len(prepared.images)
         timings = {
-            "preprocess_ms": (t1 - t0) * 1e3 / n,
+            "preprocess_ms": prepared.preprocess_s * 1e3 / n,
             "inference_ms": (t2 - t1) * 1e3 / n,
             "postprocess_ms": (t3 - t2) * 1e3 / n,
         }
@@ -175,5 +186,8 @@ class Detector:
             Detections.from_arrays(out["boxes"].cpu().numpy(), out["scores"].cpu().numpy(),
                                    out["labels"].cpu().numpy(), self.class_names, self.category_ids,
                                    (img.width, img.height), src, timings)
-            for src, img, out in zip(chunk, pils, outs)
+            for src, img, out in zip(prepared.sources, prepared.images, outs)
         ]
+
+    def _run(self, chunk: list[ImageInput]) -> list[Detections]:
+        return self.detect_prepared(self.prepare(chunk))

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..deploy import OnnxModel, make_session, run_in_fixed_batches
-from ..detections import Detections
+from ..detections import Detections, PreparedBatch
 from ..detector import Detector
 from ..errors import ConfigError
 from .onnx import export_onnx
@@ -80,10 +81,15 @@ class OnnxDetector(Detector):
         self.session = self.deployed.session if self.deployed else make_session(self.onnx_path, threads)
         self.network = None  # type: ignore[assignment]
 
-    def _run(self, chunk: list) -> list[Detections]:
+    def prepare(self, images: Sequence[object]) -> PreparedBatch:
         if self.deployed is not None:  # network + post-processing in onnxruntime, numpy around it
-            return self.deployed._run(chunk)
-        return super()._run(chunk)
+            return self.deployed.prepare(images)
+        return super().prepare(images)
+
+    def detect_prepared(self, prepared: PreparedBatch) -> list[Detections]:
+        if self.deployed is not None:
+            return self.deployed.detect_prepared(prepared)
+        return super().detect_prepared(prepared)
 
     def forward_network(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised (B, 3, S, S) float batch -> (B, N, C) logits and (B, N, 4) deltas from onnxruntime.
