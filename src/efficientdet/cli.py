@@ -153,11 +153,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .images import load_image
     from .visualize import draw_detections
 
-    items, problems = expand_sources(args.sources)
+    images, videos = _split_video_sources(args)
+    items, problems = expand_sources(images) if images else ([], [])
     for line in problems:
         print(f"error: {line}", file=sys.stderr)
-    if not items:
-        raise ConfigError("no images to predict on; pass image files, directories or globs")
+    if not items and not videos:
+        raise ConfigError("no images to predict on; pass image files, directories or globs (or a video, a stream "
+                          "URL, an image-sequence pattern, --source 0 for a webcam)")
     detector = _make_detector(args, args.score_threshold, args.max_det)
     out_dir = Path(args.out) if args.out else None
     if out_dir:
@@ -189,6 +191,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 draw_detections(img, det).save(target.with_suffix(target.suffix if target.suffix.lower() in
                                                                   {".jpg", ".jpeg", ".png"} else ".png"))
+    if videos:
+        video_code = _predict_videos(args, detector, videos)
+        if not items:
+            return video_code
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(records, indent=1) + "\n")
@@ -201,21 +207,80 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(summary)
     if skipped or problems:
         print(f"error: {skipped + len(problems)} input(s) skipped (see above)", file=sys.stderr)
-        return 1
-    return 0
+        return max(1, video_code if videos else 0)
+    return video_code if videos else 0
+
+
+# -- predict on videos, streams, webcams and image sequences (efficientdet.video) --------------------------
+def _split_video_sources(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """predict's sources -> (image sources, video sources); --json takes one video source, alone."""
+    from .video import is_video_source
+
+    sources = [*args.sources, *args.source]
+    videos = [s for s in sources if is_video_source(s)]
+    if videos and args.json and len(sources) > 1:
+        raise ConfigError(f"--json {args.json} with a video source writes JSON Lines for that one source; got "
+                          f"{len(sources)} sources: run one command per video (or drop --json)")
+    return [s for s in sources if not is_video_source(s)], videos
+
+
+def _video_tracker(args: argparse.Namespace, source: object) -> object | None:
+    """The tracker for one video source (a fresh one per source), or None: the hook for --track."""
+    return None
+
+
+def _predict_videos(args: argparse.Namespace, detector: object, videos: list[str]) -> int:
+    """Run ``predict_video`` on each video source: 0 = all read whole, 1 = a source stopped early or skipped
+    frames (reported), 2 = a source could not be opened, 130 = interrupted (outputs finalised)."""
+    from .video import open_source, predict_video
+
+    code = 0
+    for name in videos:
+        try:
+            with open_source(name) as source:
+                summary = predict_video(detector, source, out=args.out, json=args.json, vid_stride=args.vid_stride,
+                                        max_frames=args.max_frames, tracker=_video_tracker(args, source),
+                                        batch_size=args.batch_size, progress=sys.stderr.isatty())
+        except EfficientDetError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            code = max(code, exc.exit_code)
+            continue
+        print(summary)
+        for line in summary.problems:
+            print(f"warning: {line}", file=sys.stderr)
+        if summary.skipped:
+            print(f"error: {summary.source}: {summary.skipped} corrupt packet(s) or unreadable frame(s) skipped",
+                  file=sys.stderr)
+            code = max(code, 1)
+        if summary.stopped == "interrupted":
+            print(f"interrupted after {summary.frames} frame(s); the outputs are finalised", file=sys.stderr)
+            return 130
+        if summary.stopped:
+            print(f"error: {summary.source}: stopped early: {summary.stopped}; the outputs hold the "
+                  f"{summary.frames} frame(s) before it", file=sys.stderr)
+            code = max(code, 1)
+    return code
 
 
 def _add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="detect objects in images", description="Detect objects in images.")
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="image files, directories or globs")
+    p = sub.add_parser("predict", help="detect objects in images and videos",
+                       description="Detect objects in images, videos, streams, webcams and image sequences.")
+    p.add_argument("sources", nargs="*", metavar="SOURCE",
+                   help="image files, directories or globs; video files (mp4, mov, avi, mkv, webm), stream URLs "
+                        "(rtsp://, http(s)://) or image-sequence patterns (frames/%%05d.png)")
+    p.add_argument("--source", action="append", default=[], metavar="SOURCE",
+                   help="another source, e.g. a webcam index (--source 0); repeatable")
+    p.add_argument("--vid-stride", type=positive_int, default=1, help="videos: run on every N-th frame (default 1)")
+    p.add_argument("--max-frames", type=positive_int, default=None, help="videos: stop after N frames")
     _add_model_options(p)
     p.add_argument("--score-threshold", type=unit_float, default=0.25, help="minimum score (default 0.25)")
     p.add_argument("--iou", type=unit_float, default=None, help="NMS IoU threshold (default 0.5)")
     p.add_argument("--soft-nms", action="store_true", help="Gaussian soft-NMS instead of hard NMS")
     p.add_argument("--max-det", type=positive_int, default=100, help="detections per image (default 100)")
     p.add_argument("--batch-size", type=positive_int, default=1, help="images per forward pass (default 1)")
-    p.add_argument("--out", help="folder for annotated images")
-    p.add_argument("--json", help="write detections as COCO-style results JSON")
+    p.add_argument("--out", help="folder for annotated images (and OUT/<stem>.mp4 for a video)")
+    p.add_argument("--json", help="write detections as COCO-style results JSON (for a video: JSON Lines, one "
+                                  "record per frame)")
     p.set_defaults(func=cmd_predict)
 
 
