@@ -253,3 +253,19 @@ def test_writer_odd_size_and_frame_record(tmp_path):
                                  (30, 30), "x.png")
     assert frame_record(3, 0.1234567, det) == {"frame": 3, "time_s": 0.123457, "detections": [
         {"bbox": [1.0, 2.0, 10.0, 20.0], "score": 0.5, "category_id": 9, "category_name": "b"}]}
+
+
+def test_exported_model_in_the_loop(tmp_path, clip, one_thread):
+    """efficientdet.deploy.OnnxModel (onnxruntime, NMS in the file) runs the loop, preprocessing in the reader."""
+    from efficientdet.deploy import OnnxModel
+    from efficientdet.export.onnx import export_onnx
+
+    from .conftest import tiny_model
+
+    model = OnnxModel(export_onnx(tiny_model(), tmp_path / "t.onnx", nms=True, score_threshold=0.2, max_det=8),
+                      threads=1)
+    frames, _, _ = decode_all(clip)
+    summary = predict_video(model, clip, json=tmp_path / "o.jsonl", max_frames=6)
+    lines = read_lines(tmp_path / "o.jsonl")
+    assert summary.frames == 6 and [r["detections"] for r in lines] == expected_records(model, frames[:6])
+    assert summary.detections > 0
