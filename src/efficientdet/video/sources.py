@@ -131,6 +131,7 @@ def open_source(
     *,
     timeout: float | None = 10.0,
     sequence_fps: float = 30.0,
+    options: dict[str, str] | None = None,
 ) -> FrameSource:
     """Open a video file, a stream URL, a webcam or an image sequence as a :class:`FrameSource`.
 
@@ -141,15 +142,16 @@ def open_source(
             of numbered image files (ordered by the last number in their names).
         timeout: seconds to wait for a stream to open and for each read (streams and webcams only).
         sequence_fps: the frame rate given to image sequences (they carry none).
+        options: FFmpeg options for a URL or webcam, e.g. ``{"rtsp_transport": "tcp"}``.
 
     Raises:
         DataError: the source does not exist, cannot be opened or decoded, or has no video stream.
     """
     if isinstance(source, int) or (isinstance(source, str) and source.isdigit() and not Path(source).exists()):
-        return _open_webcam(int(source), timeout)
+        return _open_webcam(int(source), timeout, options)
     text = str(source)
     if is_url(text):
-        return AVSource(text, text, live=True, timeout=timeout)
+        return AVSource(text, text, live=True, timeout=timeout, options=options)
     path = Path(text)
     if path.is_dir() or is_sequence_pattern(text):
         return ImageSequenceSource(text, fps=sequence_fps)
@@ -161,17 +163,18 @@ def open_source(
     return AVSource(text, text)
 
 
-def _open_webcam(index: int, timeout: float | None) -> FrameSource:
+def _open_webcam(index: int, timeout: float | None, options: dict[str, str] | None) -> FrameSource:
     """A webcam by index: ``/dev/videoN`` through v4l2 on Linux, AVFoundation device N on macOS."""
     if sys.platform.startswith("linux"):
         device = f"/dev/video{index}"
         if not os.path.exists(device):
             raise DataError(f"webcam {index}: {device} does not exist (no camera found); connect a camera "
                             "(and check you may read /dev/video*) or pass a video file or URL")
-        return AVSource(device, f"webcam {index}", live=True, format="v4l2", timeout=timeout, stem=f"webcam{index}")
+        return AVSource(device, f"webcam {index}", live=True, format="v4l2", timeout=timeout, stem=f"webcam{index}",
+                        options=options)
     if sys.platform == "darwin":
         return AVSource(str(index), f"webcam {index}", live=True, format="avfoundation", timeout=timeout,
-                        stem=f"webcam{index}", options={"framerate": "30"})
+                        stem=f"webcam{index}", options={"framerate": "30", **(options or {})})
     raise ConfigError(f"webcam {index}: webcams by index are supported on Linux (v4l2) and macOS (AVFoundation); "
                       "pass a video file or stream URL instead")
 
