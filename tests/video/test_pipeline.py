@@ -108,3 +108,24 @@ def test_detection_stages_for_plain_callables():
 
     prepare, infer = detection_stages(detector)
     assert infer(prepare(["a", "b"])) == ["deta", "detb"] and calls == [(["a", "b"], 2)]
+
+
+def test_folder_of_still_images(tmp_path, photo_files, detector):
+    """The same machinery serves a folder: load + preprocess in the reader, draw + save in the writer."""
+    from efficientdet.images import load_image
+    from efficientdet.visualize import draw_detections
+
+    prepare, infer = detection_stages(detector)
+    saved = []
+
+    def finish(paths, dets):
+        for path, det in zip(paths, dets):
+            draw_detections(load_image(path), det).save(tmp_path / f"out_{path.stem}.png")
+            saved.append((path.name, det.to_coco(path.name)))
+
+    n = run_pipeline(batched(sorted(photo_files), 1), infer, lambda paths: prepare([load_image(p) for p in paths]),
+                     finish)
+    assert n == 3 and [name for name, _ in saved] == sorted(p.name for p in photo_files)
+    for (name, records), path in zip(saved, sorted(photo_files)):
+        assert records == detector([load_image(path)])[0].to_coco(name)
+        assert (tmp_path / f"out_{path.stem}.png").is_file()

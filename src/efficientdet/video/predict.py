@@ -177,11 +177,7 @@ def predict_video(
             stopped = "interrupted"
     finally:
         elapsed = time.perf_counter() - t0
-        for thing in (bar, writer, lines):
-            if thing is not None:
-                thing.close()
-        if own_source:
-            src.close()
+        _close_all([bar, writer, lines, src if own_source else None])
     if frames_done == 0 and src.decoded == 0 and stopped != "interrupted":
         if video_path is not None:
             video_path.unlink(missing_ok=True)  # an empty video is no use and not playable everywhere
@@ -193,6 +189,20 @@ def predict_video(
         json=Path(json) if json is not None else None, skipped=src.skipped, problems=list(src.problems),
         stopped=stopped or src.stop_reason,
     )
+
+
+def _close_all(things: list[Any]) -> None:
+    """Close every output even when one fails (the first failure is raised after the others are closed)."""
+    error: BaseException | None = None
+    for thing in things:
+        if thing is None:
+            continue
+        try:
+            thing.close()
+        except BaseException as exc:
+            error = error or exc
+    if error is not None:
+        raise error
 
 
 def detect_frames(
