@@ -214,9 +214,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 # -- predict on videos, streams, webcams and image sequences (efficientdet.video) --------------------------
 def _split_video_sources(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     """predict's sources -> (image sources, video sources); --json takes one video source, alone."""
+    import glob
+
     from .video import is_video_source
 
-    sources = [*args.sources, *args.source]
+    sources = []
+    for src in [*args.sources, *args.source]:  # a glob of videos ("clips/*.mp4") stands for its files
+        globbed = any(ch in src for ch in "*?[") and not Path(src).exists() and is_video_source(src)
+        sources += sorted(glob.glob(src, recursive=True)) or [src] if globbed else [src]
     videos = [s for s in sources if is_video_source(s)]
     if videos and args.json and len(sources) > 1:
         raise ConfigError(f"--json {args.json} with a video source writes JSON Lines for that one source; got "
