@@ -89,18 +89,23 @@ def test_stride_and_max_frames(tmp_path, clip, detector):
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_pipelined_equals_sequential(tmp_path, clip, detector, batch_size):
     seen: dict[bool, list] = {True: [], False: []}
+
+    def record(frame, det, key):  # what the writer gets: the frame, its detections, the picture it encodes
+        seen[key].append((frame.index, det.boxes.copy(), det.scores.copy(),
+                          np.asarray(draw_detections(frame.image, det))))
+
     for pipelined in (True, False):
         predict_video(detector, clip, out=tmp_path / f"{pipelined}.mp4", json=tmp_path / f"{pipelined}.jsonl",
-                      batch_size=batch_size, pipelined=pipelined,
-                      on_frame=lambda f, d, p=pipelined: seen[p].append((f.index, d.boxes.copy(), d.scores.copy())))
+                      batch_size=batch_size, pipelined=pipelined, on_frame=lambda f, d, p=pipelined: record(f, d, p))
     assert (tmp_path / "True.jsonl").read_text() == (tmp_path / "False.jsonl").read_text()
     assert [s[0] for s in seen[True]] == list(range(24))
     for a, b in zip(seen[True], seen[False], strict=True):
-        assert a[0] == b[0] and np.array_equal(a[1], b[1]) and np.array_equal(a[2], b[2])
+        assert a[0] == b[0] and all(np.array_equal(x, y) for x, y in zip(a[1:], b[1:]))
     video_a, _, _ = decode_all(tmp_path / "True.mp4")
     video_b, _, _ = decode_all(tmp_path / "False.mp4")
     assert len(video_a) == len(video_b) == 24
-    assert all(np.array_equal(a, b) for a, b in zip(video_a, video_b))
+    # the same pictures went in; x264's threads may round a block differently from run to run
+    assert max(np.abs(a.astype(int) - b).mean() for a, b in zip(video_a, video_b)) < 1.0
 
 
 def test_detect_frames_generator(clip, detector):
