@@ -170,7 +170,8 @@ def main() -> None:
         if args.threads:
             env["OMP_NUM_THREADS"] = str(args.threads)
         proc = subprocess.run([sys.executable, "-m", "efficientdet", "predict", str(clip), "--weights",
-                               str(work / "d0.pt"), "--out", str(work / "cmd"), "--json", str(work / "cmd.jsonl")],
+                               str(work / "d0.pt"), "--backend", "torch", "--out", str(work / "cmd"), "--json",
+                               str(work / "cmd.jsonl")],
                               capture_output=True, text=True, env=env, check=True)
         return float(re.search(r"([\d.]+) frames/s", proc.stdout).group(1))
 

@@ -72,7 +72,7 @@ class VideoSummary:
 
     def __str__(self) -> str:
         text = (f"{self.source}: {self.frames} frame(s) {self.width}x{self.height} at {self.fps:.4g} fps, "
-                f"{self.detections} detection(s), {self.frames_per_s:.1f} frames/s")
+                f"{self.detections} detection(s), {self.frames_per_s:.2f} frames/s")
         if self.video:
             text += f"; annotated video in {self.video}"
         if self.json:
