@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from efficientdet.cli import main
+from efficientdet.errors import ConfigError
 
 from .conftest import FPS, decode_all, make_video
 
@@ -82,3 +83,20 @@ def test_predict_video_errors_are_one_line(tmp_path, clip, tiny_weights, make, n
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_sources_are_split_into_images_and_videos(tmp_path, photo_files):
+    import argparse
+
+    from efficientdet.cli.predict import split_video_sources
+
+    for name in ("b.mp4", "a.mp4", "c.mkv"):
+        (tmp_path / name).write_bytes(b"")
+    args = argparse.Namespace(sources=[str(photo_files[0]), str(tmp_path / "*.mp4"), "rtsp://cam/live",
+                                       "f/%04d.png"], source=["0"], json=None)
+    images, videos = split_video_sources(args)
+    assert images == [str(photo_files[0])]
+    assert videos == [str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4"), "rtsp://cam/live", "f/%04d.png", "0"]
+    args.json = "x.jsonl"
+    with pytest.raises(ConfigError, match="run one command per video"):
+        split_video_sources(args)
