@@ -330,6 +330,48 @@ def _add_synth(sub) -> None:
     p.set_defaults(func=cmd_synth)
 
 
+# -- serve (HTTP detection service; implementation in efficientdet.serve) -------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve.app import ServeSettings, create_app
+    from .serve.engine import build_detector
+    from .serve.server import serve_app
+
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
+        print(f"warning: listening on {args.host} without --api-key: anyone who can reach it can use it",
+              file=sys.stderr)
+    detector = build_detector(args.weights, model=args.model, backend=args.backend, device=args.device,
+                              max_det=args.max_det, image_size=args.image_size)
+    settings = ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                             max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, api_key=args.api_key,
+                             score_threshold=args.score_threshold, weights=args.weights, backend=args.backend)
+    return serve_app(create_app(detector, settings), host=args.host, port=args.port, log_level=args.log_level)
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="HTTP detection service with a browser page",
+                       description="Serve a model over HTTP: POST /v1/detect, GET /v1/model, /healthz, /readyz, "
+                                   "/metrics and a browser page at /. Concurrent requests are batched.")
+    _add_model_options(p, weights_required=True)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=non_negative_int, default=8000, help="port (default 8000; 0: any free port)")
+    p.add_argument("--max-batch", type=positive_int, default=8,
+                   help="images per forward pass at most (default 8; 1 turns batching off)")
+    p.add_argument("--max-wait-ms", type=non_negative_float, default=10.0,
+                   help="how long a request waits for others to share its forward pass (default 10)")
+    p.add_argument("--max-upload-mb", type=positive_float, default=20.0,
+                   help="larger uploads are refused with 413 (default 20)")
+    p.add_argument("--max-pixels", type=positive_int, default=40_000_000,
+                   help="larger images are refused with 400 before decoding (default 40000000)")
+    p.add_argument("--max-det", type=positive_int, default=100,
+                   help="the largest max_det a request may ask for (default 100)")
+    p.add_argument("--score-threshold", type=unit_float, default=0.25,
+                   help="score threshold of requests that do not give one (default 0.25)")
+    p.add_argument("--api-key", default=None,
+                   help="require this key on /v1/* (header 'X-API-Key: KEY' or 'Authorization: Bearer KEY')")
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.set_defaults(func=cmd_serve)
+
+
 # -- train / export / benchmark (defined next to their implementations) --------------------------------------
 def _add_train(sub) -> None:
     from .train.cli import add_train_parser
@@ -355,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument("--version", action="version", version=f"efficientdet {__import__('efficientdet').__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for add in (_add_predict, _add_train, _add_eval, _add_export, _add_benchmark, _add_models, _add_synth):
+    for add in (_add_predict, _add_train, _add_eval, _add_export, _add_benchmark, _add_models, _add_synth, _add_serve):
         try:
             add(sub)
         except ImportError:  # a command whose implementation is not installed

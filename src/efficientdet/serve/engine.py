@@ -1,0 +1,223 @@
+"""The model behind the service: one loaded detector, per-request options, batched calls.
+
+A detector's post-processing settings are fixed when it is built, but every request may ask for its own
+``score_threshold``, ``iou`` and ``max_det``. The engine therefore builds (or is given) its detector with
+permissive settings -- the lowest score threshold (``score_floor``) and the largest ``max_det``
+(``max_det_limit``) a request may ask for -- and filters each image's detections afterwards. For hard NMS
+that is exact: greedy NMS keeps or drops a box by looking only at higher-scoring boxes, so boxes under a
+request's threshold never change which boxes above it survive, and the result is a score-sorted prefix.
+A request therefore gets exactly what ``efficientdet predict`` gives with the same options.
+
+A different ``iou`` needs a different NMS: the engine keeps one shallow copy of the detector per IoU
+value (the network and its weights are shared; only the post-processing differs). Exported ``--nms``
+ONNX files have their NMS inside the graph, so they serve only their exported IoU (and at least their
+exported score threshold, at most their exported ``max_det``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..detections import Detections
+from ..errors import ConfigError
+
+#: lowest per-request score threshold a torch-backed server accepts (the official evaluation threshold)
+DEFAULT_SCORE_FLOOR = 0.001
+
+
+@dataclass(frozen=True)
+class Options:
+    """One request's post-processing options (``iou`` None: the detector's own IoU threshold)."""
+
+    score_threshold: float = 0.25
+    iou: float | None = None
+    max_det: int = 100
+
+
+class Engine:
+    """Runs a detector on batches of decoded images, each with its own :class:`Options`.
+
+    Args:
+        detector: a callable ``detector(list_of_PIL_images, batch_size=n) -> list[Detections]`` built with
+            permissive settings: :class:`efficientdet.Detector` (any backend) or
+            :class:`efficientdet.deploy.OnnxModel`.
+        weights: what to report as the weights file in ``/v1/model``.
+        backend: ``torch`` or ``onnxruntime`` (reported in ``/v1/model``).
+        on_batch: called with the number of images of every forward pass (for metrics).
+    """
+
+    def __init__(self, detector: Any, weights: str | None = None, backend: str | None = None,
+                 on_batch: Callable[[int], None] | None = None) -> None:
+        self.detector = detector
+        self.weights = weights
+        self.backend = backend or ("onnxruntime" if _is_onnx(detector) else "torch")
+        self.on_batch = on_batch
+        settings = _settings(detector)
+        self.score_floor: float = settings["score_threshold"]
+        self.max_det_limit: int = settings["max_det"]
+        self.default_iou: float = settings["iou_threshold"]
+        self.iou_fixed: bool = settings["iou_fixed"]
+        #: whether the detector's results carry per-detection ``masks`` ((n, H, W) bool, original pixels)
+        self.segmentation = bool(getattr(detector, "segmentation", False))
+        self._variants: dict[float, Any] = {self.default_iou: detector}
+        self._lock = threading.Lock()
+
+    # -- options --------------------------------------------------------------------------------
+    def check(self, options: Options) -> Options:
+        """Validate a request's options against what this detector can answer exactly; ConfigError if not."""
+        if not self.score_floor <= options.score_threshold <= 1.0:
+            raise ConfigError(f"score_threshold={options.score_threshold} must be in [{self.score_floor}, 1] "
+                              "on this server (its detector keeps nothing below that)")
+        if not 1 <= options.max_det <= self.max_det_limit:
+            raise ConfigError(f"max_det={options.max_det} must be in [1, {self.max_det_limit}] on this server; "
+                              "start it with a larger --max-det to allow more")
+        iou = self.default_iou if options.iou is None else float(options.iou)
+        if not 0.0 <= iou <= 1.0:
+            raise ConfigError(f"iou={iou} must be in [0, 1]")
+        if iou != self.default_iou and self.iou_fixed:
+            raise ConfigError(f"iou={iou}: this model has its NMS built in with iou={self.default_iou}; "
+                              "omit iou or serve a raw-output export")
+        return dataclasses.replace(options, iou=iou)
+
+    def _variant(self, iou: float) -> Any:
+        """The detector with NMS at ``iou`` (a shallow copy sharing the network), made once and kept."""
+        with self._lock:
+            found = self._variants.get(iou)
+            if found is None:
+                if len(self._variants) >= 16:  # a bounded cache: drop the oldest non-default copy
+                    oldest = next(k for k in self._variants if k != self.default_iou)
+                    del self._variants[oldest]
+                found = self._variants[iou] = _with_iou(self.detector, iou)
+            return found
+
+    # -- running --------------------------------------------------------------------------------
+    def detect(self, images: Sequence[Image.Image], options: Sequence[Options]) -> list[Detections | Exception]:
+        """Detections for each image under its own (checked) options, or the exception that image raised.
+
+        Images with the same IoU run in one forward pass; if that pass fails, each of its images runs
+        alone so that one bad image fails only its own request.
+        """
+        results: list[Detections | Exception] = [ConfigError("not run")] * len(images)
+        groups: dict[float, list[int]] = {}
+        for i, opt in enumerate(options):
+            groups.setdefault(float(opt.iou if opt.iou is not None else self.default_iou), []).append(i)
+        for iou, idx in groups.items():
+            try:
+                detector = self._variant(iou)
+                outs = self._call(detector, [images[i] for i in idx])
+            except Exception:
+                outs = []
+                for i in idx:
+                    try:
+                        outs.extend(self._call(self._variant(iou), [images[i]]))
+                    except Exception as exc:  # this image's own failure
+                        outs.append(exc)
+            for i, out in zip(idx, outs):
+                results[i] = out if isinstance(out, Exception) else filter_detections(out, options[i])
+        return results
+
+    def _call(self, detector: Any, images: list[Image.Image]) -> list[Detections]:
+        out = detector(images, batch_size=len(images))
+        if self.on_batch is not None:
+            self.on_batch(len(images))
+        return out
+
+    def warmup(self) -> None:
+        """One forward pass on a blank image, so the first request does not pay for lazy initialisation."""
+        self.detector([Image.new("RGB", (64, 48), (114, 114, 114))], batch_size=1)
+
+    # -- description ----------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        """What ``GET /v1/model`` answers: variant, input size, classes with ids, backend, weights, limits."""
+        d = self.detector
+        config = d.config
+        name = config.get("name") if isinstance(config, dict) else config.name
+        return {
+            "model": name,
+            "input_size": int(d.image_size),
+            "classes": [{"id": int(c), "name": str(n)} for c, n in zip(d.category_ids, d.class_names)
+                        if n is not None and str(n) != ""],
+            "num_classes": len(d.class_names),
+            "backend": self.backend,
+            "weights": self.weights,
+            "segmentation": self.segmentation,
+            "options": {"score_threshold_min": self.score_floor, "max_det_max": self.max_det_limit,
+                        "iou_default": self.default_iou, "iou_fixed": self.iou_fixed},
+        }
+
+
+def filter_detections(det: Detections, options: Options) -> Detections:
+    """Keep the detections with ``score >= score_threshold``, at most ``max_det`` (scores are sorted)."""
+    keep = np.flatnonzero(det.scores >= options.score_threshold)[: options.max_det]
+    extra = {name: getattr(det, name)[keep] for name in ("masks",) if getattr(det, name, None) is not None}
+    out = dataclasses.replace(
+        det, boxes=det.boxes[keep], scores=det.scores[keep], labels=det.labels[keep],
+        names=[det.names[i] for i in keep], category_ids=det.category_ids[keep])
+    for name, value in extra.items():  # a segmentation model's per-detection masks follow their boxes
+        setattr(out, name, value)
+    return out
+
+
+def _is_onnx(detector: Any) -> bool:
+    from ..deploy import OnnxModel
+
+    return isinstance(detector, OnnxModel) or getattr(detector, "onnx_path", None) is not None
+
+
+def _settings(detector: Any) -> dict[str, Any]:
+    """The detector's post-processing settings: score threshold, max_det, IoU, whether the IoU is fixed."""
+    from ..deploy import OnnxModel
+
+    if isinstance(detector, OnnxModel):
+        if detector.nms:
+            iou = float(json.loads(detector.metadata["iou_threshold"]))
+            return dict(score_threshold=detector.score_threshold, max_det=detector.max_det, iou_threshold=iou,
+                        iou_fixed=True)
+        cfg = detector.postprocessor.config
+    else:
+        cfg = detector.postprocess.config
+    fixed = getattr(detector, "deployed", None) is not None  # an onnxruntime Detector with NMS in the graph
+    return dict(score_threshold=cfg.score_threshold, max_det=cfg.max_det, iou_threshold=cfg.iou_threshold,
+                iou_fixed=fixed)
+
+
+def _with_iou(detector: Any, iou: float) -> Any:
+    """A shallow copy of ``detector`` whose NMS uses ``iou`` (same network, weights and session)."""
+    from ..postprocess import Postprocessor
+
+    clone = copy.copy(detector)
+    attr = "postprocessor" if hasattr(detector, "postprocessor") else "postprocess"
+    config = getattr(detector, attr).config
+    setattr(clone, attr, Postprocessor(dataclasses.replace(config, iou_threshold=iou)))
+    return clone
+
+
+def build_detector(weights: str, model: str | None = None, backend: str | None = None, device: str = "cpu",
+                   score_floor: float = DEFAULT_SCORE_FLOOR, max_det: int = 100,
+                   image_size: int | None = None) -> Any:
+    """The permissive detector a server runs: an :class:`OnnxModel` for ``.onnx`` weights, else a
+    :class:`efficientdet.Detector` (``backend`` torch or onnxruntime) with score threshold ``score_floor``,
+    ``max_det`` and IoU 0.5."""
+    from ..deploy import OnnxModel, is_onnx_file
+
+    if is_onnx_file(weights):
+        if backend == "torch" or device != "cpu" or image_size is not None:
+            raise ConfigError(f"{weights}: an exported ONNX file runs in onnxruntime on the CPU at its exported "
+                              "size; drop --backend torch, --device and --image-size")
+        onnx = OnnxModel(weights)  # its own thresholds first, to know the floor of an --nms file
+        if onnx.nms:
+            return onnx
+        return OnnxModel(weights, score_threshold=score_floor, max_det=max_det)
+    from ..detector import Detector
+
+    return Detector(model or None, weights=weights, device=device, score_threshold=score_floor, iou_threshold=0.5,
+                    max_det=max_det, image_size=image_size, backend=backend or "torch")
