@@ -1,0 +1,139 @@
+"""The detection API on a real uvicorn server: equality with `predict`, batching, model info, metrics."""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from efficientdet import Detector
+from efficientdet.cli import main
+from efficientdet.serve import build_detector
+from efficientdet.serve.app import encode_mask
+
+from .conftest import IDS, NAMES
+
+
+def predict_records(tmp_path, files, weights, *options: str) -> dict[str, list[dict]]:
+    """What `efficientdet predict --json` writes, per file name (file_name dropped)."""
+    out = tmp_path / f"pred{abs(hash(options))}.json"
+    assert main(["predict", *map(str, files), "--weights", str(weights), "--json", str(out), *options]) == 0
+    per_file: dict[str, list[dict]] = {f.name: [] for f in files}
+    for rec in json.loads(out.read_text()):
+        per_file[rec.pop("file_name")].append(rec)
+    return per_file
+
+
+def tied_sorted(records: list[dict]) -> list[dict]:
+    """Records by descending score, boxes breaking ties (detections with equal scores have no fixed order)."""
+    return sorted(records, key=lambda r: (-r["score"], r["bbox"], r["category_id"]))
+
+
+@pytest.mark.parametrize("query,cli", [
+    ({}, []),
+    ({"score_threshold": 0.3, "iou": 0.35, "max_det": 4}, ["--score-threshold", "0.3", "--iou", "0.35",
+                                                            "--max-det", "4"]),
+    ({"score_threshold": 0.05, "max_det": 100}, ["--score-threshold", "0.05"]),
+])
+def test_detect_equals_predict(serve, tiny_weights, photo_files, tmp_path, query, cli):
+    want = predict_records(tmp_path, photo_files, tiny_weights, *cli)
+    assert sum(map(len, want.values())) > 3, "the tiny model should detect something"
+    with serve() as url:
+        for path in photo_files:
+            multipart = httpx.post(f"{url}/v1/detect", params=query, files={"file": (path.name, path.read_bytes())})
+            raw = httpx.post(f"{url}/v1/detect", params=query, content=path.read_bytes(),
+                             headers={"content-type": "application/octet-stream"})
+            for res in (multipart, raw):
+                assert res.status_code == 200, res.text
+                body = res.json()
+                w, h = Image.open(path).size
+                assert body["image"] == {"width": w, "height": h} and body["time_ms"] > 0
+                # boxes, scores, ids and names exactly; equal scores (flat image regions) may come in either order
+                assert tied_sorted(body["detections"]) == tied_sorted(want[path.name])
+
+
+def test_concurrent_requests_are_batched_and_answer_the_same(serve, photo_files):
+    images = [p.read_bytes() for p in photo_files] * 4  # 12 requests
+    with serve(max_batch=8, max_wait_ms=300) as url:
+        alone = {p.name: httpx.post(f"{url}/v1/detect", content=p.read_bytes()).json()["detections"]
+                 for p in photo_files}
+        barrier = threading.Barrier(len(images))
+
+        def one(data: bytes) -> httpx.Response:
+            barrier.wait()
+            return httpx.post(f"{url}/v1/detect", content=data, timeout=60)
+
+        with ThreadPoolExecutor(len(images)) as pool:
+            answers = list(pool.map(one, images))
+        families = {f.name: f for f in text_string_to_metric_families(httpx.get(f"{url}/metrics").text)}
+    assert all(r.status_code == 200 for r in answers)
+    sizes = {s.name.rsplit("_", 1)[1] + s.labels.get("le", ""): s.value for s in families["efficientdet_batch_size"]
+             .samples}
+    passes = sizes["count"]
+    # 3 warm-up-free single requests + 12 concurrent ones; some forward pass held more than one image
+    assert sizes["sum"] == 3 + 12 + 1 - 1  # every image went through the model exactly once (warm-up excluded)
+    assert passes - sizes["bucket1.0"] > 0, f"no batch larger than 1 was observed: {sizes}"
+    assert passes < 3 + 12
+    for res, path in zip(answers, photo_files * 4):
+        got, want = res.json()["detections"], alone[path.name]
+        assert [d["category_id"] for d in got] == [d["category_id"] for d in want]
+        np.testing.assert_allclose([d["bbox"] for d in got], [d["bbox"] for d in want], atol=0.01)
+        np.testing.assert_allclose([d["score"] for d in got], [d["score"] for d in want], atol=2e-5)
+
+
+def test_model_info_health_readiness_and_metrics(serve, tiny_weights):
+    with serve(max_batch=4) as url:
+        info = httpx.get(f"{url}/v1/model").json()
+        assert info["model"] == "efficientdet_d0" and info["input_size"] == 128 and info["backend"] == "torch"
+        assert info["classes"] == [{"id": i, "name": n} for i, n in zip(IDS, NAMES)]
+        assert info["weights"] == str(tiny_weights) and info["max_batch"] == 4 and info["segmentation"] is False
+        assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
+        assert httpx.get(f"{url}/readyz").json() == {"ready": True}
+        schema = httpx.get(f"{url}/openapi.json").json()
+        assert {"/v1/detect", "/v1/segment", "/v1/model", "/healthz", "/readyz", "/metrics"} <= set(schema["paths"])
+        assert "multipart/form-data" in schema["paths"]["/v1/detect"]["post"]["requestBody"]["content"]
+        res = httpx.get(f"{url}/metrics")
+        assert res.status_code == 200 and res.headers["content-type"].startswith("text/plain")
+        names = {f.name for f in text_string_to_metric_families(res.text)}
+    assert {"efficientdet_requests", "efficientdet_request_seconds", "efficientdet_batch_size",
+            "efficientdet_queue_depth", "efficientdet_ready"} <= names
+    assert 'efficientdet_requests_total{endpoint="/v1/model",status="200"} 1.0' in res.text
+
+
+def test_segment_without_a_segmentation_head_is_a_clear_404(serve, photo_files):
+    with serve() as url:
+        res = httpx.post(f"{url}/v1/segment", content=photo_files[0].read_bytes())
+    assert res.status_code == 404 and "no segmentation head" in res.json()["error"]
+
+
+def test_encode_mask_round_trips_as_png():
+    import base64
+    import io
+
+    mask = np.zeros((5, 7), bool)
+    mask[1:3, 2:6] = True
+    png = Image.open(io.BytesIO(base64.b64decode(encode_mask(mask))))
+    assert png.format == "PNG" and png.size == (7, 5)
+    np.testing.assert_array_equal(np.asarray(png) == 255, mask)
+
+
+def test_permissive_detector_filtered_equals_a_detector_built_with_the_options(tiny_weights, photo_files):
+    from efficientdet.serve.engine import Engine, Options
+
+    engine = Engine(build_detector(str(tiny_weights)))
+    images = [Image.open(p).convert("RGB") for p in photo_files]
+    for score, iou, max_det in ((0.2, 0.5, 100), (0.4, 0.3, 3), (0.001, 0.7, 50)):
+        opts = engine.check(Options(score, iou, max_det))
+        got = engine.detect(images, [opts] * len(images))
+        want = Detector("d0", weights=tiny_weights, score_threshold=score, iou_threshold=iou, max_det=max_det)(images)
+        for g, w in zip(got, want):
+            assert len(w) > 0
+            np.testing.assert_array_equal(g.boxes, w.boxes)
+            np.testing.assert_array_equal(g.scores, w.scores)
+            np.testing.assert_array_equal(g.labels, w.labels)
