@@ -22,6 +22,7 @@ import hmac
 import io
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -126,11 +127,13 @@ def create_app(detector: Any | None = None, settings: ServeSettings | None = Non
         except Exception as exc:  # the server stays up and says why it is not ready
             state.status = "failed"
             state.load_error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, EfficientDetError) else str(exc)
-            log.error("model failed to load: %s", state.load_error)
+            print(f"efficientdet serve: error: the model failed to load: {state.load_error}", file=sys.stderr,
+                  flush=True)
             return
         state.ready = True
         state.status = "ready"
         state.metrics.ready.set(1)
+        print(f"efficientdet serve: model ready in process {os.getpid()}", file=sys.stderr, flush=True)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -1,0 +1,150 @@
+"""Start-up, readiness, shutdown and replicas: `efficientdet serve` and uvicorn workers as real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+from efficientdet.serve import ServeSettings, build_detector, create_app
+
+from .conftest import SRC, start_cli_server, thread_server, wait_ready
+
+
+def test_sigterm_finishes_the_request_in_flight_and_exits_0(tiny_weights, photo_files):
+    # --max-wait-ms 3000: a lone request waits 3 s for company, so it is surely in flight at SIGTERM
+    proc, url = start_cli_server(["--weights", str(tiny_weights), "--max-wait-ms", "3000"])
+    try:
+        assert url.startswith("http://127.0.0.1:")
+        wait_ready(url, process=proc)
+        with ThreadPoolExecutor(1) as pool:
+            t0 = time.monotonic()
+            pending = pool.submit(httpx.post, f"{url}/v1/detect", content=photo_files[0].read_bytes(), timeout=60)
+            time.sleep(1.0)
+            assert not pending.done(), "the request should still be waiting in the batcher"
+            proc.send_signal(signal.SIGTERM)
+            res = pending.result()
+            waited = time.monotonic() - t0
+        assert res.status_code == 200 and res.json()["detections"] and waited >= 2.5
+        assert proc.wait(60) == 0
+        out, err = proc.communicate()
+        assert "Traceback" not in err and "stopped" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_ctrl_c_exits_0(tiny_weights):
+    proc, url = start_cli_server(["--weights", str(tiny_weights)])
+    wait_ready(url, process=proc)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 0
+
+
+def test_bad_weights_is_one_line_and_exit_2(tmp_path):
+    bad = tmp_path / "nothing.pt"
+    res = subprocess.run([sys.executable, "-m", "efficientdet", "serve", "--weights", str(bad), "--port", "0"],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": SRC}, timeout=120)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "nothing.pt" in res.stderr
+
+
+class GatedDetector:
+    """A real detector whose calls wait for ``gate`` (``entered`` is set once a call has started)."""
+
+    def __init__(self, detector) -> None:
+        self.detector = detector
+        self.gate, self.entered = threading.Event(), threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.detector, name)
+
+    def __call__(self, images, batch_size=8):
+        self.entered.set()
+        assert self.gate.wait(60)
+        return self.detector(images, batch_size=batch_size)
+
+
+def test_healthz_answers_while_the_model_works(tiny_weights, photo_files):
+    gated = GatedDetector(build_detector(str(tiny_weights)))
+    gated.gate.set()  # warm-up passes
+    with thread_server(create_app(gated, ServeSettings())) as url:
+        gated.gate.clear()
+        gated.entered.clear()
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(httpx.post, f"{url}/v1/detect", content=photo_files[0].read_bytes(), timeout=60)
+            assert gated.entered.wait(30), "the model never started"
+            t0 = time.monotonic()
+            health = httpx.get(f"{url}/healthz", timeout=5)
+            metrics = httpx.get(f"{url}/metrics", timeout=5)
+            assert time.monotonic() - t0 < 2 and health.status_code == 200 and metrics.status_code == 200
+            assert not pending.done(), "the model call should still be running"
+            gated.gate.set()
+            assert pending.result().status_code == 200
+
+
+def test_not_ready_until_the_model_is_loaded_and_warm(tiny_weights, photo_files):
+    gate = threading.Event()
+
+    def factory():
+        assert gate.wait(60)
+        return build_detector(str(tiny_weights))
+
+    with thread_server(create_app(detector_factory=factory), wait=False) as url:
+        deadline = time.monotonic() + 30
+        while True:  # the server answers before the model is there
+            try:
+                health = httpx.get(f"{url}/healthz")
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        assert health.status_code == 200
+        ready = httpx.get(f"{url}/readyz")
+        assert ready.status_code == 503 and ready.json()["ready"] is False
+        early = httpx.post(f"{url}/v1/detect", content=photo_files[0].read_bytes())
+        assert early.status_code == 503 and early.headers["retry-after"] == "1" and "not ready" in early.json()["error"]
+        gate.set()
+        wait_ready(url)
+        assert httpx.post(f"{url}/v1/detect", content=photo_files[0].read_bytes()).status_code == 200
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_uvicorn_workers_load_the_model_once_per_replica(tiny_weights, photo_files):
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": SRC, "EFFICIENTDET_SERVE_WEIGHTS": str(tiny_weights),
+           "EFFICIENTDET_SERVE_MAX_BATCH": "4"}
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "efficientdet.serve.app:create_app_from_env",
+                             "--workers", "2", "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    lines: list[str] = []
+    try:
+        wait_ready(url, timeout=120, process=proc)
+        deadline = time.monotonic() + 120
+        while sum("model ready in process" in ln for ln in lines) < 2:  # both replicas, each loaded once
+            assert time.monotonic() < deadline, lines
+            lines.append(proc.stderr.readline())
+        answers = [httpx.post(f"{url}/v1/detect", content=photo_files[0].read_bytes(), timeout=60) for _ in range(4)]
+        assert all(a.status_code == 200 for a in answers)
+        assert httpx.get(f"{url}/v1/model").json()["options"]["max_det_max"] == 100
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    pids = {ln.rsplit(" ", 1)[1].strip() for ln in lines if "model ready in process" in ln}
+    assert len(pids) == 2, lines
