@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+
 import httpx
 from playwright.sync_api import sync_playwright
 
