@@ -123,17 +123,57 @@ def test_encode_mask_round_trips_as_png():
     np.testing.assert_array_equal(np.asarray(png) == 255, mask)
 
 
-def test_permissive_detector_filtered_equals_a_detector_built_with_the_options(tiny_weights, photo_files):
+def test_a_batch_with_mixed_options_gives_each_image_what_a_detector_with_its_options_gives(tiny_weights,
+                                                                                            photo_files):
     from efficientdet.serve.engine import Engine, Options
 
     engine = Engine(build_detector(str(tiny_weights)))
     images = [Image.open(p).convert("RGB") for p in photo_files]
-    for score, iou, max_det in ((0.2, 0.5, 100), (0.4, 0.3, 3), (0.001, 0.7, 50)):
-        opts = engine.check(Options(score, iou, max_det))
-        got = engine.detect(images, [opts] * len(images))
-        want = Detector("d0", weights=tiny_weights, score_threshold=score, iou_threshold=iou, max_det=max_det)(images)
-        for g, w in zip(got, want):
-            assert len(w) > 0
-            np.testing.assert_array_equal(g.boxes, w.boxes)
-            np.testing.assert_array_equal(g.scores, w.scores)
-            np.testing.assert_array_equal(g.labels, w.labels)
+    settings = [(0.2, 0.5, 100), (0.4, 0.5, 3), (0.001, 0.5, 50), (0.3, 0.3, 100), (0.25, 0.3, 7)]
+    batch = [images[i % len(images)] for i in range(len(settings))]
+    got = engine.detect(batch, [engine.check(Options(*s)) for s in settings])  # one pass per distinct iou
+    for image, det, (score, iou, max_det) in zip(batch, got, settings):
+        want = Detector("d0", weights=tiny_weights, score_threshold=score, iou_threshold=iou, max_det=max_det)(image)[0]
+        assert len(want) > 0
+        np.testing.assert_allclose(det.boxes, want.boxes, atol=1e-3)
+        np.testing.assert_allclose(det.scores, want.scores, atol=1e-6)
+        np.testing.assert_array_equal(det.labels, want.labels)
+
+
+class FailsOnWidth:
+    """A real detector that raises (as a broken model might) on any batch holding an image of ``width``."""
+
+    def __init__(self, detector, width: int) -> None:
+        self.detector, self.width = detector, width
+        self.calls: list[int] = []
+
+    def __getattr__(self, name):  # the wrapped detector's attributes (not while copy.copy builds a copy)
+        if name == "detector":
+            raise AttributeError(name)
+        return getattr(self.detector, name)
+
+    def __call__(self, images, batch_size=8):
+        self.calls.append(len(images))
+        if any(im.width == self.width for im in images):
+            raise RuntimeError("simulated failure inside the network")
+        return self.detector(images, batch_size=batch_size)
+
+
+def test_an_image_that_fails_in_the_model_fails_only_its_own_request(serve, tiny_weights, photo_files, tmp_path):
+    bad = tmp_path / "odd.png"
+    Image.new("RGB", (77, 40), (200, 30, 30)).save(bad)
+    detector = FailsOnWidth(build_detector(str(tiny_weights)), width=77)
+    payloads = [p.read_bytes() for p in photo_files] + [bad.read_bytes()]
+    with serve(detector=detector, max_batch=8, max_wait_ms=500) as url:
+        barrier = threading.Barrier(len(payloads))
+
+        def one(data: bytes) -> httpx.Response:
+            barrier.wait()
+            return httpx.post(f"{url}/v1/detect", content=data, timeout=60)
+
+        with ThreadPoolExecutor(len(payloads)) as pool:
+            answers = list(pool.map(one, payloads))
+    assert max(detector.calls) > 1, f"the bad image never shared a batch: {detector.calls}"
+    assert [a.status_code for a in answers] == [200, 200, 200, 500]
+    assert "detection failed" in answers[3].json()["error"] and "Traceback" not in answers[3].text
+    assert all(a.json()["detections"] for a in answers[:3])

@@ -62,7 +62,9 @@ class GatedDetector:
         self.detector = detector
         self.gate, self.entered = threading.Event(), threading.Event()
 
-    def __getattr__(self, name):
+    def __getattr__(self, name):  # the wrapped detector's attributes (not while copy.copy builds a copy)
+        if name == "detector":
+            raise AttributeError(name)
         return getattr(self.detector, name)
 
     def __call__(self, images, batch_size=8):

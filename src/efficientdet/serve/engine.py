@@ -8,10 +8,14 @@ that is exact: greedy NMS keeps or drops a box by looking only at higher-scoring
 request's threshold never change which boxes above it survive, and the result is a score-sorted prefix.
 A request therefore gets exactly what ``efficientdet predict`` gives with the same options.
 
-A different ``iou`` needs a different NMS: the engine keeps one shallow copy of the detector per IoU
-value (the network and its weights are shared; only the post-processing differs). Exported ``--nms``
-ONNX files have their NMS inside the graph, so they serve only their exported IoU (and at least their
-exported score threshold, at most their exported ``max_det``).
+The same argument lets a batch run with the loosest settings among its requests instead of the loosest
+a request may ask for: the engine runs each batch with the lowest score threshold and the largest
+``max_det`` of its requests (and one NMS per distinct ``iou``), on shallow copies of the detector that share
+its network and weights and differ only in their post-processing. Requests at the default threshold thus
+cost what ``predict`` costs, while the page (which asks for everything down to the floor, to filter with
+its slider) pays only for itself. Exported ``--nms`` ONNX files have their NMS inside the graph, so they
+serve only their exported IoU (and at least their exported score threshold, at most their exported
+``max_det``); their results are filtered the same way.
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ class Engine:
         self.iou_fixed: bool = settings["iou_fixed"]
         #: whether the detector's results carry per-detection ``masks`` ((n, H, W) bool, original pixels)
         self.segmentation = bool(getattr(detector, "segmentation", False))
-        self._variants: dict[float, Any] = {self.default_iou: detector}
+        self._variants: dict[tuple[float, float, int], Any] = {}
         self._lock = threading.Lock()
 
     # -- options --------------------------------------------------------------------------------
@@ -88,15 +92,17 @@ class Engine:
                               "omit iou or serve a raw-output export")
         return dataclasses.replace(options, iou=iou)
 
-    def _variant(self, iou: float) -> Any:
-        """The detector with NMS at ``iou`` (a shallow copy sharing the network), made once and kept."""
+    def _variant(self, iou: float, score_threshold: float, max_det: int) -> Any:
+        """The detector with these post-processing settings (a shallow copy sharing the network), kept."""
+        if self.iou_fixed:  # the post-processing is inside the model: filter its output only
+            return self.detector
+        key = (iou, score_threshold, max_det)
         with self._lock:
-            found = self._variants.get(iou)
+            found = self._variants.get(key)
             if found is None:
-                if len(self._variants) >= 16:  # a bounded cache: drop the oldest non-default copy
-                    oldest = next(k for k in self._variants if k != self.default_iou)
-                    del self._variants[oldest]
-                found = self._variants[iou] = _with_iou(self.detector, iou)
+                if len(self._variants) >= 32:  # a bounded cache: drop the oldest copy
+                    del self._variants[next(iter(self._variants))]
+                found = self._variants[key] = _with_settings(self.detector, iou, score_threshold, max_det)
             return found
 
     # -- running --------------------------------------------------------------------------------
@@ -111,14 +117,14 @@ class Engine:
         for i, opt in enumerate(options):
             groups.setdefault(float(opt.iou if opt.iou is not None else self.default_iou), []).append(i)
         for iou, idx in groups.items():
+            loosest = (iou, min(options[i].score_threshold for i in idx), max(options[i].max_det for i in idx))
             try:
-                detector = self._variant(iou)
-                outs = self._call(detector, [images[i] for i in idx])
+                outs = self._call(self._variant(*loosest), [images[i] for i in idx])
             except Exception:
                 outs = []
                 for i in idx:
                     try:
-                        outs.extend(self._call(self._variant(iou), [images[i]]))
+                        outs.extend(self._call(self._variant(*loosest), [images[i]]))
                     except Exception as exc:  # this image's own failure
                         outs.append(exc)
             for i, out in zip(idx, outs):
@@ -190,14 +196,15 @@ def _settings(detector: Any) -> dict[str, Any]:
                 iou_fixed=fixed)
 
 
-def _with_iou(detector: Any, iou: float) -> Any:
-    """A shallow copy of ``detector`` whose NMS uses ``iou`` (same network, weights and session)."""
+def _with_settings(detector: Any, iou: float, score_threshold: float, max_det: int) -> Any:
+    """A shallow copy of ``detector`` whose post-processing uses these settings (same network and weights)."""
     from ..postprocess import Postprocessor
 
     clone = copy.copy(detector)
     attr = "postprocessor" if hasattr(detector, "postprocessor") else "postprocess"
-    config = getattr(detector, attr).config
-    setattr(clone, attr, Postprocessor(dataclasses.replace(config, iou_threshold=iou)))
+    config = dataclasses.replace(getattr(detector, attr).config, iou_threshold=iou, score_threshold=score_threshold,
+                                 max_det=max_det)
+    setattr(clone, attr, Postprocessor(config))
     return clone
 
 
