@@ -146,6 +146,7 @@ def main() -> None:
                     row["max_batch"] = max_batch
                     row["mean_batch"] = round((after[1] - before[1]) / max(1.0, after[0] - before[0]), 2)
                     row["peak_rss_mb"] = round(peak_rss_mb(proc.pid))
+                    row["load_avg_1min"] = round(os.getloadavg()[0], 1)  # other processes on the machine
                     rows.append(row)
                     print(json.dumps(row), flush=True)
             finally:
@@ -157,11 +158,12 @@ def main() -> None:
                    if line.startswith("model name"))
     print(f"\nEfficientDet-D0 (random init, 90 classes, 512 px), 640x480 JPEGs, {os.cpu_count()} cores: {cpu}\n")
     print("| --max-batch | clients | requests | images/s | p50 ms | p95 ms | p99 ms | errors | mean batch "
-          "| server peak RSS MB |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| server peak RSS MB | load avg |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['max_batch']} | {r['clients']} | {r['requests']} | {r['images_per_s']} | {r['p50_ms']} | "
-              f"{r['p95_ms']} | {r['p99_ms']} | {r['errors']} | {r['mean_batch']} | {r['peak_rss_mb']} |")
+              f"{r['p95_ms']} | {r['p99_ms']} | {r['errors']} | {r['mean_batch']} | {r['peak_rss_mb']} | "
+              f"{r['load_avg_1min']} |")
     for max_batch in sorted({r["max_batch"] for r in rows}, reverse=True):
         mine = {r["clients"]: r for r in rows if r["max_batch"] == max_batch}
         if 1 in mine and max(mine) > 1:

@@ -177,3 +177,26 @@ def test_an_image_that_fails_in_the_model_fails_only_its_own_request(serve, tiny
     assert [a.status_code for a in answers] == [200, 200, 200, 500]
     assert "detection failed" in answers[3].json()["error"] and "Traceback" not in answers[3].text
     assert all(a.json()["detections"] for a in answers[:3])
+
+
+def test_an_exported_nms_onnx_file_serves_what_predict_gives(serve, tiny_weights, photo_files, tmp_path):
+    from efficientdet import create_model
+    from efficientdet.export.onnx import export_onnx
+
+    onnx_file = tmp_path / "tiny_nms.onnx"
+    export_onnx(create_model("d0", weights=tiny_weights), onnx_file, nms=True, score_threshold=0.1, max_det=50)
+    want = predict_records(tmp_path, photo_files, onnx_file, "--score-threshold", "0.2", "--max-det", "10")
+    detector = build_detector(str(onnx_file))
+    with serve(detector=detector) as url:
+        info = httpx.get(f"{url}/v1/model").json()
+        assert info["backend"] == "onnxruntime" and info["options"] == {
+            "score_threshold_min": 0.1, "max_det_max": 50, "iou_default": 0.5, "iou_fixed": True}
+        for path in photo_files:
+            res = httpx.post(f"{url}/v1/detect", params={"score_threshold": 0.2, "max_det": 10},
+                             content=path.read_bytes())
+            assert tied_sorted(res.json()["detections"]) == tied_sorted(want[path.name])
+        assert "NMS built in" in httpx.post(f"{url}/v1/detect", params={"iou": 0.3},
+                                            content=photo_files[0].read_bytes()).json()["error"]
+        low = httpx.post(f"{url}/v1/detect", params={"score_threshold": 0.05}, content=photo_files[0].read_bytes())
+        assert low.status_code == 422 and "0.1" in low.json()["error"]
+    assert sum(map(len, want.values())) > 0

@@ -208,8 +208,9 @@ def create_app(detector: Any | None = None, settings: ServeSettings | None = Non
             return _error(404, "this model has no segmentation head; /v1/segment needs a segmentation or joint "
                                "model (see 'segmentation' in /v1/model), use /v1/detect for boxes")
         try:
+            default_score = max(settings.score_threshold, engine.score_floor)  # an --nms export may need more
             options = engine.check(Options(
-                settings.score_threshold if score_threshold is None else score_threshold, iou,
+                default_score if score_threshold is None else score_threshold, iou,
                 min(100, engine.max_det_limit) if max_det is None else max_det))
         except EfficientDetError as exc:
             return _error(422, f"invalid options: {exc}")
@@ -253,7 +254,7 @@ def create_app(detector: Any | None = None, settings: ServeSettings | None = Non
         if state.engine is None:
             return _error(503, f"model not loaded ({state.status})", headers={"Retry-After": "1"})
         info = state.engine.info()
-        info["score_threshold_default"] = settings.score_threshold
+        info["score_threshold_default"] = max(settings.score_threshold, state.engine.score_floor)
         info["max_batch"] = settings.max_batch
         info["max_upload_mb"] = settings.max_upload_mb
         return info
