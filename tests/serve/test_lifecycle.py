@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 
@@ -150,3 +151,21 @@ def test_uvicorn_workers_load_the_model_once_per_replica(tiny_weights, photo_fil
                 proc.kill()
     pids = {ln.rsplit(" ", 1)[1].strip() for ln in lines if "model ready in process" in ln}
     assert len(pids) == 2, lines
+
+
+def test_an_nms_onnx_file_is_served_without_pytorch(tiny_weights, photo_files, tmp_path):
+    from efficientdet import create_model
+    from efficientdet.export.onnx import export_onnx
+
+    onnx_file = tmp_path / "tiny_nms.onnx"
+    export_onnx(create_model("d0", weights=tiny_weights), onnx_file, nms=True, score_threshold=0.1)
+    proc, url = start_cli_server(["--weights", str(onnx_file)])
+    try:
+        wait_ready(url, process=proc)
+        res = httpx.post(f"{url}/v1/detect", files={"file": ("a.jpg", photo_files[0].read_bytes())})
+        assert res.status_code == 200 and res.json()["detections"]
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        assert "onnxruntime" in maps and "libtorch" not in maps  # the deployment path: no PyTorch loaded
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
