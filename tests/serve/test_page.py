@@ -5,9 +5,14 @@ from __future__ import annotations
 import shutil
 
 import httpx
+import numpy as np
 from playwright.sync_api import sync_playwright
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+#: the first colours of the page's palette (app.js COLORS), indexed by category id modulo its length (14)
+BOX_COLOURS = [(0xE6, 0x19, 0x4B), (0x3C, 0xB4, 0x4B), (0x43, 0x63, 0xD8), (0xF5, 0x82, 0x31), (0x91, 0x1E, 0xB4),
+               (0x46, 0xF0, 0xF0), (0xF0, 0x32, 0xE6), (0xBC, 0xF6, 0x0C), (0xFA, 0xBE, 0xBE), (0x00, 0x80, 0x80),
+               (0x9A, 0x63, 0x24), (0x80, 0x00, 0x00), (0x80, 0x80, 0x00), (0x00, 0x00, 0x75)]
 
 
 def test_page_draws_as_many_boxes_as_the_api_returns(serve, photo_files, tmp_path):
@@ -31,11 +36,14 @@ def test_page_draws_as_many_boxes_as_the_api_returns(serve, photo_files, tmp_pat
             assert page.locator("#canvas").get_attribute("data-boxes") == str(len(api))
             first = page.locator("#table tbody tr").first.locator("td").nth(1).inner_text()
             assert first == api[0]["category_name"]
-            # the canvas holds the image at its own size, with boxes drawn on it (coloured pixels at a box edge)
-            assert page.evaluate("[canvas.width, canvas.height]") == [320, 200]
-            x, y = (int(v) for v in api[0]["bbox"][:2])
-            edge = page.evaluate(f"Array.from(canvas.getContext('2d').getImageData({x + 1}, {y + 3}, 1, 1).data)")
-            assert edge[:3] != [0, 0, 0] and edge[3] == 255
+            # the canvas shows the image (scaled to the panel, same aspect) with the best box drawn in its colour
+            scale = float(page.locator("#canvas").get_attribute("data-scale"))
+            width, height = page.evaluate("[canvas.width, canvas.height]")
+            assert abs(width - 320 * scale) <= 1 and abs(height - 200 * scale) <= 1 and scale > 1
+            x, y, w, h = api[0]["bbox"]
+            px, py = round((x + w) * scale), round((y + h / 2) * scale)  # the middle of its right edge
+            rgb = page.evaluate(f"Array.from(canvas.getContext('2d').getImageData({px - 1}, {py}, 1, 1).data)")[:3]
+            assert np.abs(np.array(rgb) - BOX_COLOURS[api[0]["category_id"] % len(BOX_COLOURS)]).max() <= 40, rgb
             page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
             # the slider filters what is shown, exactly as the API filters by score_threshold
             page.locator("#score").fill("0.4")

@@ -75,32 +75,47 @@ function render() {
   const ctx = canvas.getContext("2d");
   if (!state.image) return;
   const img = state.image;
-  canvas.width = img.naturalWidth;
-  canvas.height = img.naturalHeight;
+  // draw at the resolution the canvas is shown at (crisp text and lines for small and large images alike);
+  // boxes are in image pixels: the transform maps them, `unit` is one screen pixel in image pixels
+  const dpr = window.devicePixelRatio || 1;
+  const room = Math.max(100, $("view").clientWidth - 20);
+  const fit = Math.min(room / img.naturalWidth, (window.innerHeight * 0.75) / img.naturalHeight);
+  canvas.width = Math.round(img.naturalWidth * fit * dpr);
+  canvas.height = Math.round(img.naturalHeight * fit * dpr);
+  canvas.style.width = `${canvas.width / dpr}px`;
+  const k = canvas.width / img.naturalWidth;
+  canvas.dataset.scale = String(k);
+  ctx.setTransform(k, 0, 0, k, 0, 0);
   ctx.drawImage(img, 0, 0);
+  const unit = dpr / k;
   const dets = shown();
-  const line = Math.max(2, Math.round(Math.min(canvas.width, canvas.height) / 250));
-  ctx.font = `${Math.max(12, line * 6)}px system-ui, sans-serif`;
+  const line = 2 * unit;
+  const fontPx = 13 * unit;
+  ctx.font = `${fontPx}px system-ui, sans-serif`;
   ctx.textBaseline = "top";
   const rows = [];
   dets.forEach((d, i) => {
     const [x, y, w, h] = d.bbox;
-    const color = COLORS[d.category_id % COLORS.length];
     ctx.lineWidth = line;
-    ctx.strokeStyle = color;
+    ctx.strokeStyle = COLORS[d.category_id % COLORS.length];
     ctx.strokeRect(x, y, w, h);
-    const label = `${d.category_name} ${d.score.toFixed(2)}`;
-    const tw = ctx.measureText(label).width + 6;
-    const th = Math.max(12, line * 6) + 4;
-    const ty = y >= th ? y - th : y;
-    ctx.fillStyle = color;
-    ctx.fillRect(x, ty, tw, th);
-    ctx.fillStyle = "#fff";
-    ctx.fillText(label, x + 3, ty + 2);
     rows.push(`<tr data-index="${i}"><td>${i + 1}</td><td>${escapeHtml(d.category_name)}</td>` +
               `<td>${d.category_id}</td><td>${d.score.toFixed(3)}</td>` +
               d.bbox.map((v) => `<td>${v.toFixed(1)}</td>`).join("") + "</tr>");
   });
+  // labels after all boxes, lowest score first, so that the best detections' labels stay readable
+  for (let i = dets.length - 1; i >= 0; i--) {
+    const d = dets[i];
+    const [x, y] = d.bbox;
+    const label = `${d.category_name} ${d.score.toFixed(2)}`;
+    const tw = ctx.measureText(label).width + 6 * unit;
+    const th = fontPx + 4 * unit;
+    const ty = y >= th ? y - th : y;
+    ctx.fillStyle = COLORS[d.category_id % COLORS.length];
+    ctx.fillRect(x, ty, tw, th);
+    ctx.fillStyle = "#fff";
+    ctx.fillText(label, x + 3 * unit, ty + 2 * unit);
+  }
   $("table").tBodies[0].innerHTML = rows.join("");
   $("count").textContent = String(dets.length);
   $("total").textContent = String(state.detections.length);
@@ -118,6 +133,7 @@ $("score").addEventListener("input", () => {
   render();
 });
 $("key").addEventListener("change", loadInfo);
+window.addEventListener("resize", render);
 const drop = $("drop");
 ["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => {
   e.preventDefault(); drop.classList.add("over"); }));
