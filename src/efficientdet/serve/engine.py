@@ -88,8 +88,8 @@ class Engine:
         if not 0.0 <= iou <= 1.0:
             raise ConfigError(f"iou={iou} must be in [0, 1]")
         if iou != self.default_iou and self.iou_fixed:
-            raise ConfigError(f"iou={iou}: this model has its NMS built in with iou={self.default_iou}; "
-                              "omit iou or serve a raw-output export")
+            raise ConfigError(f"iou={iou}: this server's model has its NMS built in with iou={self.default_iou}; "
+                              "omit iou (or serve with --backend torch or a raw-output ONNX export)")
         return dataclasses.replace(options, iou=iou)
 
     def _variant(self, iou: float, score_threshold: float, max_det: int) -> Any:
