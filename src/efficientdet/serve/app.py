@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,7 @@ class ServeSettings:
         max_pixels: larger images (from the header) are refused with 400 before decoding.
         api_key: when set, ``/v1/*`` needs header ``X-API-Key: KEY`` or ``Authorization: Bearer KEY``.
         score_threshold: the default of a request's ``score_threshold`` (and the page's slider).
-        weights, backend: reported by ``/v1/model``.
+        weights: reported by ``/v1/model``.
     """
 
     max_batch: int = 8
@@ -73,8 +73,6 @@ class ServeSettings:
     api_key: str | None = None
     score_threshold: float = 0.25
     weights: str | None = None
-    backend: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -114,8 +112,7 @@ def create_app(detector: Any | None = None, settings: ServeSettings | None = Non
 
     def load_and_warm() -> None:
         det = detector if detector is not None else detector_factory()  # type: ignore[misc]
-        engine = Engine(det, weights=settings.weights, backend=settings.backend,
-                        on_batch=state.metrics.observe_batch)
+        engine = Engine(det, weights=settings.weights, on_batch=state.metrics.observe_batch)
         state.engine = engine
         state.status = "warming up"
         engine.warmup()
@@ -407,8 +404,7 @@ def settings_from_env(env: dict[str, str] | None = None) -> tuple[dict[str, Any]
     settings = ServeSettings(max_batch=get("MAX_BATCH", int, 8), max_wait_ms=get("MAX_WAIT_MS", float, 10.0),
                              max_upload_mb=get("MAX_UPLOAD_MB", float, 20.0),
                              max_pixels=get("MAX_PIXELS", int, DEFAULT_MAX_PIXELS), api_key=get("API_KEY"),
-                             score_threshold=get("SCORE_THRESHOLD", float, 0.25), weights=weights,
-                             backend=model_args["backend"])
+                             score_threshold=get("SCORE_THRESHOLD", float, 0.25), weights=weights)
     return model_args, settings
 
 

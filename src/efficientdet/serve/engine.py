@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,9 +50,9 @@ class Engine:
     """Runs a detector on batches of decoded images, each with its own :class:`Options`.
 
     Args:
-        detector: a callable ``detector(list_of_PIL_images, batch_size=n) -> list[Detections]`` built with
-            permissive settings: :class:`efficientdet.Detector` (any backend) or
-            :class:`efficientdet.deploy.OnnxModel`.
+        detector: an :class:`efficientdet.Detector` (any runner; :class:`efficientdet.deploy.OnnxModel` is one)
+            built with permissive settings (:func:`build_detector`): called as
+            ``detector(list_of_PIL_images, batch_size=n) -> list[Detections]``.
         weights: what to report as the weights file in ``/v1/model``.
         backend: ``torch`` or ``onnxruntime`` (reported in ``/v1/model``).
         on_batch: called with the number of images of every forward pass (for metrics).
@@ -145,14 +144,13 @@ class Engine:
     def info(self) -> dict[str, Any]:
         """What ``GET /v1/model`` answers: variant, input size, classes with ids, backend, weights, limits."""
         d = self.detector
-        config = d.config
-        name = config.get("name") if isinstance(config, dict) else config.name
+        labels = d.labels
         return {
-            "model": name,
+            "model": d.config.name,
             "input_size": int(d.image_size),
-            "classes": [{"id": int(c), "name": str(n)} for c, n in zip(d.category_ids, d.class_names)
-                        if n is not None and str(n) != ""],
-            "num_classes": len(d.class_names),
+            "classes": [{"id": int(c), "name": str(n)} for c, n, ignored in
+                        zip(labels.category_ids, labels.display_names, labels.ignored) if not ignored],
+            "num_classes": len(labels),
             "backend": self.backend,
             "weights": self.weights,
             "segmentation": self.segmentation,
@@ -174,47 +172,41 @@ def filter_detections(det: Detections, options: Options) -> Detections:
 
 
 def _is_onnx(detector: Any) -> bool:
-    from ..deploy import OnnxModel
+    from ..inference.onnxrt import OnnxRunner
 
-    return isinstance(detector, OnnxModel) or getattr(detector, "onnx_path", None) is not None
+    return isinstance(getattr(detector, "runner", None), OnnxRunner)
 
 
 def _settings(detector: Any) -> dict[str, Any]:
-    """The detector's post-processing settings: score threshold, max_det, IoU, whether the IoU is fixed."""
-    from ..deploy import OnnxModel
-
-    if isinstance(detector, OnnxModel):
-        if detector.nms:
-            iou = float(json.loads(detector.metadata["iou_threshold"]))
-            return dict(score_threshold=detector.score_threshold, max_det=detector.max_det, iou_threshold=iou,
-                        iou_fixed=True)
-        cfg = detector.postprocessor.config
-    else:
-        cfg = detector.postprocess.config
-    fixed = getattr(detector, "deployed", None) is not None  # an onnxruntime Detector with NMS in the graph
-    return dict(score_threshold=cfg.score_threshold, max_det=cfg.max_det, iou_threshold=cfg.iou_threshold,
-                iou_fixed=fixed)
+    """The detector's post-processing settings: score threshold, max_det, IoU, whether the IoU is fixed
+    (a runner with the NMS inside its graph)."""
+    settings = detector.settings
+    fixed = getattr(detector.runner, "outputs", "raw") == "nms"
+    return dict(score_threshold=settings.score_threshold, max_det=settings.max_det,
+                iou_threshold=settings.iou_threshold, iou_fixed=fixed)
 
 
 def _with_settings(detector: Any, iou: float, score_threshold: float, max_det: int) -> Any:
-    """A shallow copy of ``detector`` whose post-processing uses these settings (same network and weights)."""
-    from ..postprocess import Postprocessor
-
+    """A shallow copy of ``detector`` whose post-processing uses these settings (same runner: network, weights)."""
     clone = copy.copy(detector)
-    attr = "postprocessor" if hasattr(detector, "postprocessor") else "postprocess"
-    config = dataclasses.replace(getattr(detector, attr).config, iou_threshold=iou, score_threshold=score_threshold,
-                                 max_det=max_det)
-    setattr(clone, attr, Postprocessor(config))
+    clone.settings = detector.settings.updated(iou_threshold=iou, score_threshold=score_threshold, max_det=max_det)
+    clone._postprocessor = None  # built from the settings on first use
     return clone
 
 
 def build_detector(weights: str, model: str | None = None, backend: str | None = None, device: str = "cpu",
                    score_floor: float = DEFAULT_SCORE_FLOOR, max_det: int = 100,
                    image_size: int | None = None) -> Any:
-    """The permissive detector a server runs: an :class:`OnnxModel` for ``.onnx`` weights, else a
-    :class:`efficientdet.Detector` (``backend`` torch or onnxruntime) with score threshold ``score_floor``,
-    ``max_det`` and IoU 0.5."""
-    from ..deploy import OnnxModel, is_onnx_file
+    """The permissive detector a server runs: score threshold ``score_floor``, ``max_det``, IoU 0.5.
+
+    ``backend`` ``None`` or ``auto`` means torch here: the PyTorch runner keeps the NMS outside the network,
+    so requests can ask for their own IoU, and runs batches of any size. ``onnxruntime`` exports the model
+    with the NMS inside (fixed IoU). An ``.onnx`` file is served as it is; an ``--nms`` file with its own
+    exported thresholds as the floor.
+    """
+    from ..deploy import OnnxModel
+    from ..inference.detector import Detector
+    from ..inference.onnxrt import is_onnx_file
 
     if is_onnx_file(weights):
         if backend == "torch" or device != "cpu" or image_size is not None:
@@ -224,7 +216,5 @@ def build_detector(weights: str, model: str | None = None, backend: str | None =
         if onnx.nms:
             return onnx
         return OnnxModel(weights, score_threshold=score_floor, max_det=max_det)
-    from ..detector import Detector
-
-    return Detector(model or None, weights=weights, device=device, score_threshold=score_floor, iou_threshold=0.5,
-                    max_det=max_det, image_size=image_size, backend=backend or "torch")
+    return Detector(model, weights=weights, device=device, score_threshold=score_floor, iou_threshold=0.5,
+                    max_det=max_det, image_size=image_size, backend="torch" if backend in (None, "auto") else backend)
