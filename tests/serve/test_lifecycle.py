@@ -162,3 +162,68 @@ def test_an_nms_onnx_file_is_served_without_pytorch_and_ctrl_c_exits_0(tiny_weig
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         assert proc.wait(60) == 0
+
+
+def test_a_rolling_restart_behind_a_readiness_checking_balancer_loses_no_request(tiny_weights, photo_files):
+    """Two replicas; one is stopped and replaced by a new one that takes a while to load, while a client
+    keeps sending through a balancer that routes only to replicas whose /readyz answers 200."""
+    image = photo_files[0].read_bytes()
+    replicas: dict[str, str | None] = {"a": None, "b": None}
+    statuses: list[int] = []
+    served_by: list[str] = []
+    stop = threading.Event()
+
+    def balancer() -> None:
+        turn = 0
+        while not stop.is_set():
+            ready = []
+            for name, url in sorted(replicas.items()):
+                try:
+                    if url and httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                        ready.append((name, url))
+                except httpx.TransportError:
+                    pass
+            if not ready:
+                time.sleep(0.05)
+                continue
+            name, url = ready[turn % len(ready)]
+            turn += 1
+            try:
+                statuses.append(httpx.post(f"{url}/v1/detect", content=image, timeout=60).status_code)
+                served_by.append(name)
+            except httpx.TransportError:  # the replica went away between the probe and the request
+                statuses.append(-1)
+
+    gate = threading.Event()
+
+    def slow_factory():
+        assert gate.wait(60)
+        return build_detector(str(tiny_weights))
+
+    with thread_server(create_app(build_detector(str(tiny_weights)))) as url_b:
+        replicas["b"] = url_b
+        with thread_server(create_app(build_detector(str(tiny_weights)))) as url_a:
+            replicas["a"] = url_a
+            client = threading.Thread(target=balancer, daemon=True)
+            client.start()
+            while served_by.count("a") < 2:
+                time.sleep(0.05)
+            replicas["a"] = None  # taken out of the balancer first (drained), then stopped gracefully
+            drained = len(statuses) + 2
+            while len(statuses) < drained:
+                time.sleep(0.05)
+        served_before = len(statuses)
+        with thread_server(create_app(detector_factory=slow_factory), wait=False) as url_a2:
+            replicas["a2"] = url_a2  # up but not ready: the balancer must not use it yet
+            while len(statuses) < served_before + 3:
+                time.sleep(0.05)
+            assert "a2" not in served_by
+            gate.set()
+            wait_ready(url_a2)
+            deadline = time.monotonic() + 60
+            while served_by.count("a2") < 2:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            stop.set()
+            client.join(60)
+    assert set(statuses) == {200}, statuses
