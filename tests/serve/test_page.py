@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import shutil
 
 import httpx
 import numpy as np
+import pytest
 from playwright.sync_api import sync_playwright
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -50,6 +52,20 @@ def test_page_draws_as_many_boxes_as_the_api_returns(serve, photo_files, tmp_pat
             assert int(page.locator("#count").inner_text()) == len(strict["detections"])
             assert page.locator("#table tbody tr").count() == len(strict["detections"])
             page.screenshot(path=str(tmp_path / "page_0.4.png"), full_page=True)
+            # dropping a file on the drop zone runs the same path (a second image, a fresh drawing)
+            other = photo_files[1]
+            other_api = httpx.post(f"{url}/v1/detect", params={"score_threshold": 0.4},
+                                   content=other.read_bytes()).json()["detections"]
+            page.evaluate("document.body.dataset.state = 'idle'")
+            page.evaluate("""([b64, name]) => {
+                const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+                const data = new DataTransfer();
+                data.items.add(new File([bytes], name, { type: "image/png" }));
+                document.getElementById("drop").dispatchEvent(new DragEvent("drop", { dataTransfer: data }));
+            }""", [base64.b64encode(other.read_bytes()).decode(), other.name])
+            page.wait_for_selector("body[data-state=done]", timeout=60_000)
+            assert page.evaluate("[canvas.width / canvas.height]")[0] == pytest.approx(150 / 260, abs=0.01)
+            assert len(other_api) > 0 and int(page.locator("#count").inner_text()) == len(other_api)  # slider: 0.4
             assert not errors, errors
         finally:
             browser.close()
