@@ -112,11 +112,18 @@ class TiledDetector:
         self.iou_threshold, self.max_det = float(iou_threshold), int(max_det)
         self.edge_margin, self.cover_threshold = float(edge_margin), float(cover_threshold)
 
-    def __getattr__(self, name: str):
-        # class names, category ids, image size ... of the wrapped detector
-        if name == "detector":
-            raise AttributeError(name)
-        return getattr(self.detector, name)
+    # what callers read from a detector (not its prepare/detect_prepared stages: those would skip the tiling)
+    @property
+    def config(self):
+        return getattr(self.detector, "config", None)
+
+    @property
+    def labels(self):
+        return getattr(self.detector, "labels", None)
+
+    @property
+    def device(self):
+        return getattr(self.detector, "device", "cpu")
 
     def __call__(self, images: object | Iterable[object], batch_size: int = 8) -> list[Detections]:
         """Detect in one image or many (paths, PIL, numpy, tensors); a list of :class:`Detections` in input order."""
