@@ -168,7 +168,8 @@ def test_dataset_eval_and_collate(tmp_path):
     assert len(ds) == 5
     img, t = ds[4]  # the rotated one: 48x32 after EXIF, scale 32/48
     assert img.shape == (3, 32, 32) and t["orig_size"] == (32, 48) and t["scale"] == pytest.approx(2 / 3)
-    np.testing.assert_allclose(t["boxes"].numpy(), [[40 * 2 / 3, 0, 32, 32 * 2 / 3]], atol=1e-4)
+    # the image is resized to whole pixels (48x32 -> 32x21), the boxes with it
+    np.testing.assert_allclose(t["boxes"].numpy(), [[40 * 2 / 3, 0, 32, 21]], atol=1e-4)
     assert t["image_id"] == 9 and t["labels"].tolist() == [0]
     images, targets = collate([ds[0], ds[1], ds[4]])
     assert images.shape == (3, 3, 32, 32) and [x["image_id"] for x in targets] == [1, 2, 9]
@@ -183,7 +184,9 @@ def make_loader(ds, batch_size, shuffle=True, num_workers=0, seed=0):
 
     sampler = EpochBatchSampler(len(ds), batch_size, seed)
     sampler.set_epoch(0)
-    return DataLoader(ds, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate)
+    g = torch.Generator()
+    g.manual_seed(seed)  # as the trainer's loader: worker seeds do not come from the global RNG
+    return DataLoader(ds, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate, generator=g)
 
 
 def test_loader_reproducible_across_workers(tmp_path):
