@@ -118,7 +118,7 @@ def add_model_options(p: argparse.ArgumentParser, weights_required: bool = False
                    help="folder of representative images for --precision int8/auto (the first 32 are used)")
 
 
-def make_detector(args: argparse.Namespace, **settings: object):
+def make_detector(args: argparse.Namespace, threads: int | None = None, **settings: object):
     """The :class:`~efficientdet.inference.detector.Detector` the model options describe, with the given
     post-processing settings (``None`` values take the defaults)."""
     from ..inference.detector import Detector
@@ -126,5 +126,10 @@ def make_detector(args: argparse.Namespace, **settings: object):
 
     if is_onnx_file(args.weights) and args.backend == "torch":
         raise ConfigError(f"{args.weights}: an exported ONNX file runs in onnxruntime; drop --backend torch")
+    if threads is not None and args.backend != "onnxruntime" and not is_onnx_file(args.weights):
+        import torch  # the PyTorch runner's threads (onnxruntime's are set by ``threads``)
+
+        torch.set_num_threads(threads)
     return Detector(args.model, weights=args.weights, device=args.device, image_size=args.image_size,
-                    backend=args.backend, precision=args.precision, calibration=args.calibration, **settings)
+                    backend=args.backend, threads=threads, precision=args.precision, calibration=args.calibration,
+                    **settings)

@@ -15,14 +15,18 @@ from .common import add_model_options, expand_sources, make_detector, positive_i
 def run(args: argparse.Namespace) -> int:
     """``efficientdet predict``: 0 when every input was processed, 1 when some were skipped."""
     from ..images import load_image
+    from ..inference import sharding
     from ..visualize import draw_detections
 
     items, problems = expand_sources(args.sources)
-    for line in problems:
+    rank, world = sharding.join(args.device)  # under torchrun: this process's slice of the inputs (sharding.py)
+    for line in problems if rank == 0 else ():
         print(f"error: {line}", file=sys.stderr)
     if not items:
         raise ConfigError("no images to predict on; pass image files, directories or globs")
-    detector = make_detector(args, score_threshold=args.score_threshold, iou_threshold=args.iou,
+    all_items, items = items, sharding.shard(items, rank, world)
+    detector = make_detector(args, threads=sharding.threads_per_process(), score_threshold=args.score_threshold,
+                             iou_threshold=args.iou,
                              max_det=args.max_det, soft_nms=args.soft_nms or None)
     out_dir = Path(args.out) if args.out else None
     if out_dir:
@@ -54,11 +58,18 @@ def run(args: argparse.Namespace) -> int:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 draw_detections(img, det).save(target.with_suffix(target.suffix if target.suffix.lower() in
                                                                   {".jpg", ".jpeg", ".png"} else ".png"))
+    if world > 1:  # one merged output, in input order, from rank 0
+        parts = sharding.gather((records, skipped, total), world)
+        records = [r for part in parts for r in part[0]]
+        skipped, total = sum(p[1] for p in parts), sum(p[2] for p in parts)
+        sharding.leave(world)
+        if rank:
+            return 1 if skipped or problems else 0
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(records, indent=1) + "\n")
-    done = len(items) - skipped
-    summary = f"{done} image(s), {total} detection(s)"
+    done = len(all_items) - skipped
+    summary = f"{done} image(s), {total} detection(s)" + (f" from {world} processes" if world > 1 else "")
     if out_dir:
         summary += f"; annotated images in {out_dir}"
     if args.json:
