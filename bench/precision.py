@@ -70,14 +70,18 @@ def main() -> None:
         if name not in wanted:
             continue
         ops = kwargs.pop("ops", None)
-        saved = q.QUANTIZED_OPS
+        saved = q.OP_TYPES
         if ops:
-            q.QUANTIZED_OPS = ops
+            q.OP_TYPES = list(ops)
         t0 = time.perf_counter()
         try:
             path = q.quantize_int8(fp32, tmp / f"{name}.onnx", calib, cfg.image_size, cfg.mean, cfg.std, **kwargs)
+        except Exception as exc:  # e.g. onnxruntime's QOperator quantiser on a bias it cannot find
+            res[f"{name}_error"] = f"{type(exc).__name__}: {exc}"
+            print(f"{name}: quantisation failed ({res[f'{name}_error']})")
+            continue
         finally:
-            q.QUANTIZED_OPS = saved
+            q.OP_TYPES = saved
         res[f"{name}_quantise_s"] = time.perf_counter() - t0
         s = make_session(path, args.threads)
         fns[name] = lambda s=s: s.run(None, {"images": x})

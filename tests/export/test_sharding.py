@@ -23,7 +23,7 @@ SHAPES = ["circle", "square", "triangle", "cross"]
 
 def test_shards_are_contiguous_and_cover_the_inputs_in_order():
     assert [shard(list(range(5)), r, 2) for r in range(2)] == [[0, 1], [2, 3, 4]]
-    assert [shard(list("abc"), r, 4) for r in range(4)] == [[], ["a"], [], ["b", "c"]]
+    assert [shard(list("abc"), r, 4) for r in range(4)] == [[], ["a"], ["b"], ["c"]]  # r * 3 // 4 = 0, 0, 1, 2
     items = list(range(11))
     assert sum((shard(items, r, 3) for r in range(3)), []) == items
 

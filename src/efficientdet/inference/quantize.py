@@ -1,7 +1,7 @@
 """int8 ONNX files: static post-training quantisation in onnxruntime, with calibration images.
 
 Only the network is quantised; the post-processing of ``--nms`` files (top-k, decoding, NMS) and the
-output reshapes stay float32. Inside the network every convolution *and* the ops between them
+output reshapes stay float32. Inside the network every convolution *and* the ops between them (every op type onnxruntime quantises)
 (the SiLU as ``Sigmoid`` + ``Mul``, the squeeze-excite gate, the BiFPN's weighted sums, max pooling,
 resizes) are quantised, so activations stay uint8 from one convolution to the next: quantising the
 convolutions alone leaves each SiLU in float32 behind a dequantise/quantise pair and the file runs
@@ -24,8 +24,9 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 
-#: ops quantised inside the network (the rest, e.g. Reshape/Concat of the outputs, stay float32)
-QUANTIZED_OPS = ("Conv", "Sigmoid", "Mul", "Add", "MaxPool", "GlobalAveragePool", "Resize", "Pad")
+#: op types quantised inside the network; ``None`` = every type onnxruntime can quantise (so that
+#: reshapes, concatenations and resizes between convolutions do not fall back to float32 either)
+OP_TYPES: list[str] | None = None
 #: calibration images used by default (more changes the ranges very little for min/max calibration)
 DEFAULT_CALIBRATION_IMAGES = 32
 
@@ -51,11 +52,10 @@ def calibration_key(files: Sequence[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def network_nodes(model: object) -> list[str]:
-    """Names of the nodes of the exported network itself (the module ``model`` of the export wrappers in
-    :mod:`efficientdet.inference.graph`): the post-processing and output reshapes are left out."""
-    nodes = model.graph.node  # type: ignore[attr-defined]
-    return [n.name for n in nodes if "/model/" in n.name and n.op_type in QUANTIZED_OPS]
+def outside_network(model: object) -> list[str]:
+    """Names of the nodes that are not part of the network itself (the module ``model`` of the export
+    wrappers in :mod:`efficientdet.inference.graph`): the post-processing and the output reshapes."""
+    return [n.name for n in model.graph.node if "/model/" not in n.name]  # type: ignore[attr-defined]
 
 
 def quantize_int8(
@@ -84,9 +84,10 @@ def quantize_int8(
     fmt = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}.get(quant_format)
     if fmt is None:
         raise ConfigError(f"quant_format {quant_format!r}: use 'qdq' or 'qoperator'")
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     proto = onnx.load(str(fp32_path))
-    nodes = network_nodes(proto)
     batch = proto.graph.input[0].type.tensor_type.shape.dim[0]
     fixed = batch.dim_value if batch.HasField("dim_value") else 1
     extra_inputs = {i.name for i in proto.graph.input} - {"images"}
@@ -109,6 +110,7 @@ def quantize_int8(
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_suffix(f".{os.getpid()}.q.onnx")
+    pre = out_path.with_suffix(f".{os.getpid()}.pre.onnx")
     import logging
     import warnings
 
@@ -119,14 +121,19 @@ def quantize_int8(
             warnings.simplefilter("ignore")
             logging.disable(logging.WARNING)
             try:
-                quantize_static(str(fp32_path), str(tmp), Reader(), quant_format=fmt, per_channel=per_channel,
+                # onnxruntime's own graph clean-up first (constant folding, shape ops): without it the int8
+                # file kept float islands and ran slower than float32 (BENCHMARKS.md)
+                quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+                exclude = outside_network(onnx.load(str(pre)))
+                quantize_static(str(pre), str(tmp), Reader(), quant_format=fmt, per_channel=per_channel,
                                 weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                                nodes_to_quantize=nodes, op_types_to_quantize=list(QUANTIZED_OPS))
+                                nodes_to_exclude=exclude, op_types_to_quantize=OP_TYPES)
             finally:
                 logging.disable(logging.NOTSET)
         quantized = onnx.load(str(tmp))
     finally:
         tmp.unlink(missing_ok=True)
+        pre.unlink(missing_ok=True)
     del quantized.metadata_props[:]
     for p in proto.metadata_props:
         entry = quantized.metadata_props.add()
