@@ -82,12 +82,14 @@ def cpu_info(path: str = "/proc/cpuinfo") -> CpuInfo:
 #: Which reduced precision measured faster than the float32 default path, network alone, D0 512, batch 1,
 #: 2 threads, per CPU class (BENCHMARKS.md "Precision"). ``True``: picked by ``auto``.
 MEASURED: dict[str, dict[str, bool]] = {
-    # AMD EPYC (Zen 4), avx512_bf16 + avx512_vnni, no AMX: bf16 (oneDNN) was slower than the float32
-    # onnxruntime path that ``auto`` runs otherwise; int8 (onnxruntime QDQ, all network ops) faster.
+    # AMD EPYC (Zen 4), avx512_bf16 + avx512_vnni, no AMX (bench/precision.py, 1 thread, busy machine,
+    # interleaved): bf16 in PyTorch 0.56x PyTorch float32 but 1.11x the float32 onnxruntime path that
+    # ``auto`` runs otherwise, so not picked; int8 (onnxruntime QDQ) 0.89x float32 onnxruntime, picked.
     "avx512_bf16": {"bf16": False, "int8": True},
-    # Intel Xeon with AMX (the issue's measurement machine): AMX bf16 and int8 tiles; not measured by this
-    # project's bench yet, so bf16 is not picked automatically there either.
+    # Intel Xeon with AMX tiles: not measured by bench/precision.py yet, so bf16 is not picked there either;
+    # int8 runs on the same VNNI / AMX-int8 u8s8 kernels as on the Zen 4.
     "amx": {"bf16": False, "int8": True},
+    # VNNI without bf16 (e.g. Ice Lake, Zen 3 has no VNNI): the Zen 4's int8 kernels; not measured separately
     "vnni": {"bf16": False, "int8": True},
     "other": {"bf16": False, "int8": False},
 }

@@ -1,11 +1,12 @@
 """int8 ONNX files: static post-training quantisation in onnxruntime, with calibration images.
 
 Only the network is quantised; the post-processing of ``--nms`` files (top-k, decoding, NMS) and the
-output reshapes stay float32. Inside the network every convolution *and* the ops between them (every op type onnxruntime quantises)
-(the SiLU as ``Sigmoid`` + ``Mul``, the squeeze-excite gate, the BiFPN's weighted sums, max pooling,
-resizes) are quantised, so activations stay uint8 from one convolution to the next: quantising the
-convolutions alone leaves each SiLU in float32 behind a dequantise/quantise pair and the file runs
-slower than float32 (BENCHMARKS.md). Weights are int8 per output channel, activations uint8 (the
+output reshapes stay float32. Inside the network every convolution *and* the ops between them (every
+op type onnxruntime quantises: the SiLU as ``Sigmoid`` + ``Mul``, the squeeze-excite gate, the BiFPN's
+weighted sums, max pooling, resizes, reshapes) are quantised, so activations stay uint8 from one
+convolution to the next (after onnxruntime's own graph clean-up): quantising the convolutions alone
+leaves each SiLU in float32 behind a dequantise/quantise pair and the file runs slower than float32
+(BENCHMARKS.md). Weights are int8 per output channel, activations uint8 (the
 ``u8s8`` kernels of the VNNI / AMX-int8 instructions), QDQ format (onnxruntime fuses each
 ``DequantizeLinear -> op -> QuantizeLinear`` group into one integer kernel when it loads the file).
 
