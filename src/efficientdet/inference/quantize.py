@@ -121,6 +121,9 @@ def quantize_int8(
             # padding canvases); neither changes the result
             warnings.simplefilter("ignore")
             logging.disable(logging.WARNING)
+            import onnxruntime as ort
+
+            ort.set_default_logger_severity(3)  # the optional ``image_sizes`` input is not constant: intended
             try:
                 # onnxruntime's own graph clean-up first (constant folding, shape ops): without it the int8
                 # file kept float islands and ran slower than float32 (BENCHMARKS.md)
@@ -131,6 +134,7 @@ def quantize_int8(
                                 nodes_to_exclude=exclude, op_types_to_quantize=OP_TYPES)
             finally:
                 logging.disable(logging.NOTSET)
+                ort.set_default_logger_severity(2)
         quantized = onnx.load(str(tmp))
     finally:
         tmp.unlink(missing_ok=True)
