@@ -103,6 +103,10 @@ def test_detector_int8_is_cached_by_calibration_images(tmp_path, tiny_checkpoint
     assert abs(float(got.scores.max()) - float(ref.scores.max())) < 0.05
     with pytest.raises(ConfigError, match="drop --backend torch"):
         Detector(weights=tiny_checkpoint, precision="int8", calibration=calib, backend="torch")
+    with pytest.raises(ConfigError, match="--calibration is for --precision int8 or auto"):
+        Detector(weights=tiny_checkpoint, precision="fp32", calibration=calib)
+    # auto with a backend that cannot run int8: float32 in that backend, not an error
+    assert Detector(weights=tiny_checkpoint, precision="auto", calibration=calib, backend="torch").runner.dtype is None
 
 
 def test_bf16_runner_runs_the_network_in_bfloat16(make_tiny_model):

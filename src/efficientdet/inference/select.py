@@ -170,7 +170,11 @@ def build_runner(
             if get_config(model).name != runner.config.name:
                 raise ConfigError(f"{path}: the file holds {runner.config.name}, not {model}; drop --model")
         return runner
-    precision = resolve_precision(precision, device, calibration)
+    if calibration is not None and precision in ("fp32", "bf16"):
+        raise ConfigError(f"--calibration is for --precision int8 or auto, not {precision}; drop one of them")
+    requested, precision = precision, resolve_precision(precision, device, calibration)
+    if requested == "auto" and (backend, precision) in (("torch", "int8"), ("onnxruntime", "bf16")):
+        precision = "fp32"  # the backend asked for cannot run the automatic choice: float32 there
     if backend is None:  # not chosen: PyTorch, or what the precision needs
         backend = "onnxruntime" if precision == "int8" else "torch"
     if precision == "int8":
