@@ -59,6 +59,26 @@ def outside_network(model: object) -> list[str]:
     return [n.name for n in model.graph.node if "/model/" not in n.name]  # type: ignore[attr-defined]
 
 
+def spatial_means_as_pooling(model: object) -> int:
+    """Rewrite ``ReduceMean`` over (H, W) with ``keepdims=1`` (the squeeze-excite input, as PyTorch exports
+    ``x.mean((2, 3), keepdim=True)``) as ``GlobalAveragePool``, in place; returns how many.
+
+    The same numbers, but onnxruntime has an integer kernel for the pooling and none for ``ReduceMean``, which
+    would otherwise dequantise every expanded feature map of the backbone to float32 for its gate."""
+    count = 0
+    for node in model.graph.node:  # type: ignore[attr-defined]
+        if node.op_type != "ReduceMean" or len(node.input) != 1:
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        axes = sorted(attrs["axes"].ints) if "axes" in attrs else None
+        keep = attrs["keepdims"].i if "keepdims" in attrs else 1
+        if axes in ([2, 3], [-2, -1]) and keep == 1:
+            node.op_type = "GlobalAveragePool"
+            del node.attribute[:]
+            count += 1
+    return count
+
+
 def quantize_int8(
     fp32_path: str | Path,
     out_path: str | Path,
@@ -128,7 +148,10 @@ def quantize_int8(
                 # onnxruntime's own graph clean-up first (constant folding, shape ops): without it the int8
                 # file kept float islands and ran slower than float32 (BENCHMARKS.md)
                 quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-                exclude = outside_network(onnx.load(str(pre)))
+                prepared = onnx.load(str(pre))
+                if spatial_means_as_pooling(prepared):
+                    onnx.save(prepared, str(pre))
+                exclude = outside_network(prepared)
                 quantize_static(str(pre), str(tmp), Reader(), quant_format=fmt, per_channel=per_channel,
                                 weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
                                 nodes_to_exclude=exclude, op_types_to_quantize=OP_TYPES)
