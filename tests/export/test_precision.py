@@ -45,6 +45,27 @@ def test_auto_picks_a_reduced_precision_only_where_measured_and_possible():
         resolve_precision("fp8", "cpu", None, ZEN4)
 
 
+def test_spatial_mean_becomes_global_average_pooling_with_the_same_values(tmp_path):
+    from onnx import TensorProto, helper
+
+    from efficientdet.inference.quantize import spatial_means_as_pooling
+
+    nodes = [helper.make_node("ReduceMean", ["x"], ["m"], axes=[2, 3], keepdims=1),
+             helper.make_node("ReduceMean", ["x"], ["c"], axes=[1], keepdims=1)]  # over channels: kept
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 5])],
+                              [helper.make_tensor_value_info("m", TensorProto.FLOAT, [1, 3, 1, 1]),
+                               helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, 1, 4, 5])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.arange(60, dtype=np.float32).reshape(1, 3, 4, 5)
+    before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert spatial_means_as_pooling(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["GlobalAveragePool", "ReduceMean"]
+    after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(after[0].ravel(), [9.5, 29.5, 49.5], rtol=1e-6)  # means of 0..19, 20..39, 40..59
+    np.testing.assert_array_equal(after[1], before[1])
+    np.testing.assert_allclose(after[0], before[0], rtol=1e-6)
+
+
 def _session(path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
@@ -65,11 +86,14 @@ def test_export_int8_quantises_the_network_ops_and_stays_close(tmp_path, tiny_ch
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["precision"] == "int8" and meta["producer"] == "efficientdet"
     producers = {o: n for n in proto.graph.node for o in n.output}
+    assert not [n for n in proto.graph.node if n.op_type == "ReduceMean"]  # the SE means became pooling
+    pools = [n for n in proto.graph.node if n.op_type == "GlobalAveragePool"]
     sigmoids = [n for n in proto.graph.node if n.op_type == "Sigmoid"]
     convs = [n for n in proto.graph.node if n.op_type == "Conv"]
     assert sigmoids and convs
     # SiLU / the SE gate quantised as well as the convolutions: each one reads a dequantised int8 tensor
-    for node in sigmoids + convs:
+    assert pools
+    for node in sigmoids + convs + pools:
         assert producers[node.input[0]].op_type == "DequantizeLinear", node.name
     assert all(producers[w].op_type == "DequantizeLinear" for w in (c.input[1] for c in convs))
     # against the float32 file of the same model
