@@ -107,6 +107,10 @@ def test_export_int8_quantises_the_network_ops_and_stays_close(tmp_path, tiny_ch
     # predicting with the file: it runs in its own precision; --precision int8 on it is an error
     assert main(["predict", str(calib), "--weights", str(out), "--score-threshold", "0.3"]) == 0
     assert main(["predict", str(calib), "--weights", str(out), "--precision", "int8"]) == 2
+    from efficientdet.serve.engine import build_detector
+
+    with pytest.raises(ConfigError, match="precision it was exported in"):
+        build_detector(str(out), precision="int8", calibration=str(calib))
 
 
 def test_detector_int8_is_cached_by_calibration_images(tmp_path, tiny_checkpoint, photo_files, monkeypatch):
