@@ -151,3 +151,14 @@ def test_bf16_runner_runs_the_network_in_bfloat16(make_tiny_model):
         assert float((got - ref).abs().max()) < 0.1 * float(ref.max() - ref.min())
         assert np.corrcoef(got.ravel().numpy(), ref.ravel().numpy())[0, 1] > 0.99
     assert not torch.equal(c16, c32)
+
+
+def test_training_precision_default_is_float32_on_the_cpu():
+    from efficientdet.train import TrainConfig
+    from efficientdet.train.build import amp_dtype
+
+    cpu = torch.device("cpu")
+    assert amp_dtype(TrainConfig(), cpu) is None  # bf16 autocast measured slower on the CPUs measured
+    assert amp_dtype(TrainConfig(amp=True), cpu) == torch.bfloat16
+    assert amp_dtype(TrainConfig(amp=False), torch.device("cuda")) is None
+    assert amp_dtype(TrainConfig(), torch.device("cuda")) == torch.float16
