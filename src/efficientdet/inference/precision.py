@@ -84,7 +84,8 @@ def cpu_info(path: str = "/proc/cpuinfo") -> CpuInfo:
 MEASURED: dict[str, dict[str, bool]] = {
     # AMD EPYC (Zen 4), avx512_bf16 + avx512_vnni, no AMX (bench/precision.py, 1 thread, busy machine,
     # interleaved): bf16 in PyTorch 0.56x PyTorch float32 but 1.11x the float32 onnxruntime path that
-    # ``auto`` runs otherwise, so not picked; int8 (onnxruntime QDQ) 0.89x float32 onnxruntime, picked.
+    # ``auto`` runs otherwise, so not picked; int8 (onnxruntime QDQ, :mod:`.quantize`) 0.65x float32
+    # onnxruntime (0.81-0.89x before the squeeze-excite pooling rewrite), picked.
     "avx512_bf16": {"bf16": False, "int8": True},
     # Intel Xeon with AMX tiles: not measured by bench/precision.py yet, so bf16 is not picked there either;
     # int8 runs on the same VNNI / AMX-int8 u8s8 kernels as on the Zen 4.
