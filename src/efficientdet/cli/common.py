@@ -109,9 +109,16 @@ def add_model_options(p: argparse.ArgumentParser, weights_required: bool = False
     p.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
                    help="inference runtime: auto (default) = onnxruntime on the CPU (exported once and cached, the "
                         "fastest path), else torch; an .onnx --weights file always runs in onnxruntime")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto",
+                   help="network precision: auto (default) = the fastest measured on this CPU class (int8 only "
+                        "with --calibration, bf16 only where measured faster); fp32; bf16 (PyTorch, oneDNN bf16 "
+                        "kernels, needs AVX512-BF16 or AMX); int8 (onnxruntime, static quantisation with "
+                        "--calibration images, cached)")
+    p.add_argument("--calibration", metavar="DIR", default=None,
+                   help="folder of representative images for --precision int8/auto (the first 32 are used)")
 
 
-def make_detector(args: argparse.Namespace, **settings: object):
+def make_detector(args: argparse.Namespace, threads: int | None = None, **settings: object):
     """The :class:`~efficientdet.inference.detector.Detector` the model options describe, with the given
     post-processing settings (``None`` values take the defaults)."""
     from ..inference.detector import Detector
@@ -119,8 +126,13 @@ def make_detector(args: argparse.Namespace, **settings: object):
 
     if is_onnx_file(args.weights) and args.backend == "torch":
         raise ConfigError(f"{args.weights}: an exported ONNX file runs in onnxruntime; drop --backend torch")
+    if threads is not None and args.backend != "onnxruntime" and not is_onnx_file(args.weights):
+        import torch  # the PyTorch runner's threads (onnxruntime's are set by ``threads``)
+
+        torch.set_num_threads(threads)
     return Detector(args.model, weights=args.weights, device=args.device, image_size=args.image_size,
-                    backend=args.backend, **settings)
+                    backend=args.backend, threads=threads, precision=args.precision, calibration=args.calibration,
+                    **settings)
 
 
 def add_tile_options(p: argparse.ArgumentParser) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -30,15 +31,30 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("eval needs --weights and --images (or --predictions FILE to score a results file)")
         from ..data import read_dataset
         from ..eval.run import evaluate_model
+        from ..inference import sharding
 
         data = read_dataset(args.format, args.images, args.annotations, strict=args.strict)
-        if data.report.counts:
+        rank, world = sharding.join(args.device)  # under torchrun: this process's slice of the images
+        if data.report.counts and rank == 0:
             print(data.report.summary(), file=sys.stderr)
-        detector = make_detector(args, score_threshold=DEFAULTS.score_threshold,
+        detector = make_detector(args, threads=sharding.threads_per_process(), score_threshold=DEFAULTS.score_threshold,
                                  max_det=DEFAULTS.max_det, soft_nms=args.soft_nms or None)
         detector = tiled(detector, args, DEFAULTS.max_det)
-        metrics, dets = evaluate_model(detector, data, batch_size=args.batch_size, backend=args.coco_backend,
-                                       show_progress=sys.stderr.isatty())
+        if world > 1:
+            from ..eval.coco import evaluate_detections
+            from ..eval.run import predict_dataset
+
+            mine = dataclasses.replace(data, samples=sharding.shard(data.samples, rank, world))
+            parts = sharding.gather(predict_dataset(detector, mine, args.batch_size), world)
+            sharding.leave(world)
+            if rank:
+                return 0
+            dets = [d for part in parts for d in part]  # input order: the slices in rank order
+            names = {int(cid): name for cid, name in zip(data.category_ids, data.class_names)}
+            metrics = evaluate_detections(data.to_coco(), dets, class_names=names, backend=args.coco_backend)
+        else:
+            metrics, dets = evaluate_model(detector, data, batch_size=args.batch_size, backend=args.coco_backend,
+                                           show_progress=sys.stderr.isatty())
         if args.save_predictions:
             Path(args.save_predictions).write_text(json.dumps(dets) + "\n")
     print(format_metrics(metrics))

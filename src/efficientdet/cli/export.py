@@ -32,6 +32,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     nms.add_argument("--no-nms", dest="nms", action="store_false", help="raw outputs (default)")
     p.set_defaults(nms=False)
     p.add_argument("--half", action="store_true", help="float16 weights and compute (input/outputs stay float32)")
+    p.add_argument("--int8", action="store_true",
+                   help="static int8 quantisation (onnxruntime; int8 weights per channel, uint8 activations) "
+                        "calibrated on --calibration images")
+    p.add_argument("--calibration", metavar="DIR", help="--int8: folder of representative images")
+    p.add_argument("--calibration-images", type=positive_int, default=32,
+                   help="--int8: calibration images used (default 32, the first in sorted order)")
     p.add_argument("--image-size", type=image_size, default=None, help="network input size S")
     p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset (>= 17, default 17)")
     p.add_argument("--score-threshold", type=unit_float, default=DEFAULTS.score_threshold,
@@ -51,6 +57,17 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("export needs --weights FILE (or --random-weights for a test export)")
     if args.weights is not None and args.random_weights:
         raise ConfigError("pass either --weights or --random-weights, not both")
+    if args.int8 and (args.format != "onnx" or args.half):
+        raise ConfigError("--int8 makes an ONNX file from the float32 graph: use --format onnx without --half")
+    if args.int8 and not args.calibration:
+        raise ConfigError("--int8 needs --calibration DIR (a folder of representative images)")
+    if args.calibration and not args.int8:
+        raise ConfigError("--calibration is for --int8; add --int8 or drop --calibration")
+    calibration = []
+    if args.int8:
+        from ..inference.quantize import calibration_files
+
+        calibration = calibration_files(args.calibration, args.calibration_images)
     model = create_model(args.model, weights=args.weights, image_size=args.image_size).eval()
     suffix = ".onnx" if args.format == "onnx" else ".pt"
     out = Path(args.out) if args.out else Path(f"{model.config.name}{suffix}")
@@ -60,6 +77,15 @@ def run(args: argparse.Namespace) -> int:
         from ..export.onnx import export_onnx
 
         path = export_onnx(model, out, opset=args.opset, **common)
+        if args.int8:
+            from ..inference.quantize import quantize_int8
+
+            cfg = model.config
+            fp32 = path.rename(path.with_suffix(".fp32.tmp.onnx"))
+            try:
+                path = quantize_int8(fp32, path, calibration, cfg.image_size, cfg.mean, cfg.std)
+            finally:
+                fp32.unlink(missing_ok=True)
     else:
         from ..export.torchscript import export_torchscript
 
@@ -69,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     batch = "dynamic" if args.dynamic_batch else str(args.batch)
     clip = " (+ optional image_sizes (B, 2) to clip boxes to each image)" if args.nms and args.format == "onnx" else ""
     hint = "; run it without PyTorch: efficientdet.deploy.OnnxModel" if args.format == "onnx" else ""
-    print(f"wrote {path} ({size_mb:.1f} MB, {args.format}, input images ({batch}, 3, {model.config.image_size}, "
-          f"{model.config.image_size}) normalised float32{clip}, outputs {kind}{hint})")
+    precision = f", int8 (calibrated on {len(calibration)} images)" if args.int8 else ""
+    size = model.config.image_size
+    print(f"wrote {path} ({size_mb:.1f} MB, {args.format}{precision}, input images ({batch}, 3, {size}, {size}) "
+          f"normalised float32{clip}, outputs {kind}{hint})")
     return 0

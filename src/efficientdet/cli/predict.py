@@ -18,15 +18,24 @@ TRACK_LOW = 0.1
 
 def run(args: argparse.Namespace) -> int:
     """``efficientdet predict``: 0 when every input was processed, 1 when some were skipped."""
+    from ..inference import sharding
+
     images, videos = split_video_sources(args)
     items, problems = expand_sources(images) if images else ([], [])
-    for line in problems:
+    rank, world = sharding.join(args.device)  # under torchrun: this process's slice of the images (sharding.py)
+    for line in problems if rank == 0 else ():
         print(f"error: {line}", file=sys.stderr)
     if not items and not videos:
         raise ConfigError("no images to predict on; pass image files, directories or globs (or a video, a stream "
                           "URL, an image-sequence pattern, --source 0 for a webcam)")
+    if world > 1 and args.track:
+        raise ConfigError("--track follows objects through the inputs in order: run it in one process, not torchrun")
+    all_items, items = items, sharding.shard(items, rank, world)
+    if rank:
+        videos = []  # videos run whole, on rank 0
     threshold = min(args.score_threshold, TRACK_LOW) if args.track else args.score_threshold
-    detector = make_detector(args, score_threshold=threshold, iou_threshold=args.iou,
+    detector = make_detector(args, threads=sharding.threads_per_process(), score_threshold=threshold,
+                             iou_threshold=args.iou,
                              max_det=args.max_det, soft_nms=args.soft_nms or None)
     detector = tiled(detector, args, args.max_det)
     out_dir = Path(args.out) if args.out else None
@@ -45,14 +54,21 @@ def run(args: argparse.Namespace) -> int:
     image_detector = Tracked(detector, make_tracker(args, 30.0)) if args.track else detector
     result = predict_files(image_detector, items, out_dir, batch_size=batch_size, on_image=report)
     records, total, skipped = result.records, result.detections, len(result.skipped)
+    if world > 1:  # one merged output, in input order, from rank 0
+        parts = sharding.gather((records, skipped, total), world)
+        records = [r for part in parts for r in part[0]]
+        skipped, total = sum(p[1] for p in parts), sum(p[2] for p in parts)
+        sharding.leave(world)
+        if rank:
+            return 1 if skipped or problems else 0
     video_code = predict_videos(args, detector, videos) if videos else 0
-    if videos and not items:
+    if videos and not all_items:
         return video_code
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(records, indent=1) + "\n")
-    done = len(items) - skipped
-    summary = f"{done} image(s), {total} detection(s)"
+    done = len(all_items) - skipped
+    summary = f"{done} image(s), {total} detection(s)" + (f" from {world} processes" if world > 1 else "")
     if out_dir:
         summary += f"; annotated images in {out_dir}"
     if args.json:

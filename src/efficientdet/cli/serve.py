@@ -18,7 +18,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: listening on {args.host} without --api-key: anyone who can reach it can use it",
               file=sys.stderr)
     detector = build_detector(args.weights, model=args.model, backend=args.backend, device=args.device,
-                              max_det=args.max_det, image_size=args.image_size)
+                              max_det=args.max_det, image_size=args.image_size, precision=args.precision,
+                              calibration=args.calibration)
     settings = ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                              max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, api_key=args.api_key,
                              score_threshold=args.score_threshold, weights=args.weights)

@@ -3,6 +3,9 @@
 - :mod:`.detector`: the Detector; :mod:`.config`: the post-processing settings and their defaults.
 - Runners, side by side: :mod:`.torch_runner` (PyTorch), :mod:`.onnxrt` (onnxruntime, raw outputs or
   NMS inside the file; torch-free); :mod:`.select` picks one (and caches the onnxruntime export).
+- Precision (:mod:`.precision`: fp32 / bf16 / int8 / auto, decided per CPU) and int8 files
+  (:mod:`.quantize`: static quantisation in onnxruntime with calibration images); :mod:`.sharding`:
+  predict / eval over ``torchrun`` processes with one merged output.
 - Inference-time optimisations: :mod:`.fuse` (BatchNorm folding, frozen BiFPN fusion weights) and
   :mod:`.mkldnn` (activations fused into oneDNN convolutions); :mod:`.postprocess` (top-k, decoding,
   NMS / soft-NMS in PyTorch), :mod:`.graph` and :mod:`.onnx_export` (the same post-processing as an ONNX

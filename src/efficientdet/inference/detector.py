@@ -42,9 +42,12 @@ class Detector:
         optimize: run a BatchNorm-folded, channels-last copy with fused activations (same outputs to ~1e-5,
             about 2x faster on the CPU). ``None``: on when the Detector builds the model from a name, off for a
             given model instance (which may still be training).
-        backend: ``"torch"`` or ``"onnxruntime"`` (exported once, cached, NMS inside; see
+        backend: ``"torch"`` (default; ``"onnxruntime"`` for ``precision="int8"``), ``"auto"`` or
+            ``"onnxruntime"`` (exported once, cached, NMS inside; see
             :mod:`efficientdet.inference.select`). ``threads``, ``onnx_path`` and ``batch`` are onnxruntime's.
         runner: a ready runner (advanced; replaces model/weights/backend).
+        precision: ``fp32``, ``bf16`` (PyTorch, oneDNN bfloat16), ``int8`` (onnxruntime, quantised with the
+            ``calibration`` images: a folder) or ``auto`` (per CPU; see :mod:`efficientdet.inference.precision`).
     """
 
     def __init__(
@@ -60,11 +63,13 @@ class Detector:
         image_size: int | None = None,
         num_classes: int | None = None,
         optimize: bool | None = None,
-        backend: str = "torch",
+        backend: str | None = None,
         threads: int | None = None,
         onnx_path: str | Path | None = None,
         batch: int = 1,
         runner: Any = None,
+        precision: str = "fp32",
+        calibration: str | Path | None = None,
     ) -> None:
         given = dict(score_threshold=score_threshold, iou_threshold=iou_threshold, max_det=max_det,
                      soft_nms=soft_nms, topk=topk)
@@ -74,7 +79,7 @@ class Detector:
 
             runner = build_runner(model, weights=weights, backend=backend, device=device, image_size=image_size,
                                   num_classes=num_classes, optimize=optimize, threads=threads, onnx_path=onnx_path,
-                                  batch=batch, settings=wanted)
+                                  batch=batch, settings=wanted, precision=precision, calibration=calibration)
         self.runner = runner
         self.config = runner.config
         self.labels = runner.labels

@@ -83,6 +83,23 @@ def export_to_cache(model: Any, path: Path, settings: PostprocessConfig, batch: 
     return path
 
 
+def quantize_to_cache(model: Any, path: Path, settings: PostprocessConfig, batch: int,
+                      calibration: list[Path]) -> Path:
+    """The float32 export of :func:`export_to_cache`, quantised to int8 with the ``calibration`` images
+    (:func:`~.quantize.quantize_int8`) and written atomically to ``path``."""
+    from .quantize import quantize_int8
+
+    cfg = model.config
+    fp32 = export_to_cache(model, path.with_suffix(f".{os.getpid()}.fp32.onnx"), settings, batch)
+    try:
+        tmp = quantize_int8(fp32, path.with_suffix(f".{os.getpid()}.int8.onnx"), calibration, cfg.image_size,
+                            cfg.mean, cfg.std)
+        os.replace(tmp, path)
+    finally:
+        fp32.unlink(missing_ok=True)
+    return path
+
+
 def onnxruntime_available() -> bool:
     import importlib.util
 
@@ -114,7 +131,7 @@ def check_backend(backend: str) -> str:
 def build_runner(
     model: Any = None,
     weights: str | Path | None = None,
-    backend: str = "torch",
+    backend: str | None = None,
     device: str | Any = "cpu",
     image_size: int | None = None,
     num_classes: int | None = None,
@@ -123,9 +140,22 @@ def build_runner(
     onnx_path: str | Path | None = None,
     batch: int = 1,
     settings: PostprocessConfig | None = None,
+    precision: str = "fp32",
+    calibration: Any = None,
 ) -> Any:
-    """A runner for the Detector (see the module docstring); arguments as :class:`Detector`'s."""
+    """A runner for the Detector (see the module docstring); arguments as :class:`Detector`'s.
+
+    ``precision`` (:mod:`.precision`): ``bf16`` runs the PyTorch runner in bfloat16, ``int8`` the
+    onnxruntime runner on a file quantised with the ``calibration`` images (a folder; cached by the
+    weights, the export settings and the images' content), ``auto`` decides per CPU.
+    """
+    from .precision import check_precision, resolve_precision
+
+    check_precision(precision)
     if is_onnx_file(weights) or onnx_path is not None:
+        if precision not in ("auto", "fp32"):
+            raise ConfigError(f"--precision {precision} does not apply to an exported file (it runs in the precision "
+                              "it was exported in); quantise with 'efficientdet export --int8 --calibration DIR'")
         path = onnx_path if onnx_path is not None else weights
         if str(device) != "cpu" or image_size is not None:
             raise ConfigError(f"{path}: an exported ONNX file runs in onnxruntime on the CPU at its exported size; "
@@ -140,12 +170,34 @@ def build_runner(
             if get_config(model).name != runner.config.name:
                 raise ConfigError(f"{path}: the file holds {runner.config.name}, not {model}; drop --model")
         return runner
+    if calibration is not None and precision in ("fp32", "bf16"):
+        raise ConfigError(f"--calibration is for --precision int8 or auto, not {precision}; drop one of them")
+    requested, precision = precision, resolve_precision(precision, device, calibration)
+    if requested == "auto" and (backend, precision) in (("torch", "int8"), ("onnxruntime", "bf16")):
+        precision = "fp32"  # the backend asked for cannot run the automatic choice: float32 there
+    if backend is None:  # not chosen: PyTorch, or what the precision needs
+        backend = "onnxruntime" if precision == "int8" else "torch"
+    if precision == "int8":
+        if backend == "torch":
+            raise ConfigError("--precision int8 runs in onnxruntime; drop --backend torch")
+        backend = "onnxruntime"
+    elif precision == "bf16":
+        if backend == "onnxruntime":
+            raise ConfigError("--precision bf16 runs in PyTorch (oneDNN bf16 kernels); use --backend torch or auto")
+        backend = "torch"
     backend = resolve_backend(backend, model, device)
+    calib_files: list[Path] = []
+    if precision == "int8":
+        from .quantize import calibration_files, calibration_key
+
+        calib_files = calibration_files(calibration)
     if backend == "onnxruntime":
         if str(device) != "cpu":
             raise ConfigError("--backend onnxruntime runs on the CPU here; use --device cpu or --backend torch")
         settings = settings or PostprocessConfig()
         key = request_key(model, weights, image_size, num_classes, settings, batch, 17)
+        if key is not None and calib_files:
+            key = f"{key}-int8-{calibration_key(calib_files)}"
         if key is not None and cached_path(key, weights, batch).is_file():  # a second run: no PyTorch needed
             return OnnxRunner(cached_path(key, weights, batch), threads)
     import torch
@@ -161,14 +213,21 @@ def build_runner(
     net = model if given else create_model(model, weights=weights, num_classes=num_classes, image_size=image_size)
     if backend == "torch":
         # a given model may still be training: a fused copy would not follow its weights
-        return TorchRunner(net, device, (not given) if optimize is None else optimize)
+        dtype = torch.bfloat16 if precision == "bf16" else None
+        return TorchRunner(net, device, (not given) if optimize is None else optimize, dtype=dtype)
     if key is not None:
-        return OnnxRunner(export_to_cache(net.eval(), cached_path(key, weights, batch), settings, batch), threads)
+        target = cached_path(key, weights, batch)
+        if calib_files:
+            return OnnxRunner(quantize_to_cache(net.eval(), target, settings, batch, calib_files), threads)
+        return OnnxRunner(export_to_cache(net.eval(), target, settings, batch), threads)
     import shutil
     import tempfile
 
     folder = Path(tempfile.mkdtemp(prefix="efficientdet-onnx-"))  # random weights or a live model: not cached
     try:
+        if calib_files:
+            return OnnxRunner(quantize_to_cache(net.eval(), folder / "model.onnx", settings, batch, calib_files),
+                              threads)
         return OnnxRunner(export_to_cache(net.eval(), folder / "model.onnx", settings, batch), threads)
     finally:  # the session holds the graph in memory
         shutil.rmtree(folder, ignore_errors=True)

@@ -18,7 +18,8 @@ class TorchRunner:
 
     outputs = "raw"
 
-    def __init__(self, model: EfficientDet, device: torch.device, optimize: bool) -> None:
+    def __init__(self, model: EfficientDet, device: torch.device, optimize: bool,
+                 dtype: torch.dtype | None = None) -> None:
         self.model = model.eval().to(device)
         self.device = device
         self.config = model.config
@@ -36,13 +37,20 @@ class TorchRunner:
 
                 if mkldnn_available():
                     fuse_conv_activations(self.network)
+        # bf16 (precision.py): a bfloat16 copy of the network; the input is cast once, the outputs back to float32
+        self.dtype = dtype
+        if dtype is not None and dtype != torch.float32:
+            import copy
+
+            source = self.network
+            self.network = (copy.deepcopy(source) if source is self.model else source).to(dtype)
 
     def to_tensor(self, batch: np.ndarray | torch.Tensor) -> torch.Tensor:
         """The preprocessed numpy batch as the (B, 3, S, S) tensor the network takes, on its device."""
         x = torch.from_numpy(batch) if isinstance(batch, np.ndarray) else batch
         if x.shape[-1] == 3 and x.shape[1] != 3:  # (B, S, S, 3): a channels-last view, no copy
             x = x.permute(0, 3, 1, 2)
-        x = x.to(self.device)
+        x = x.to(self.device, dtype=self.dtype) if self.dtype is not None else x.to(self.device)
         return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
     @torch.inference_mode()
@@ -50,6 +58,8 @@ class TorchRunner:
             ) -> tuple[torch.Tensor, torch.Tensor]:
         cls, box = self.network(self.to_tensor(batch))
         out = flatten_outputs(cls, box, self.config.num_classes)
+        if out[0].dtype != torch.float32:
+            out = (out[0].float(), out[1].float())
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         return out

@@ -196,8 +196,11 @@ def _with_settings(detector: Any, iou: float, score_threshold: float, max_det: i
 
 def build_detector(weights: str, model: str | None = None, backend: str | None = None, device: str = "cpu",
                    score_floor: float = DEFAULT_SCORE_FLOOR, max_det: int = 100,
-                   image_size: int | None = None) -> Any:
+                   image_size: int | None = None, precision: str = "auto", calibration: str | None = None) -> Any:
     """The permissive detector a server runs: score threshold ``score_floor``, ``max_det``, IoU 0.5.
+
+    ``precision``/``calibration``: as :class:`~efficientdet.inference.detector.Detector`'s (``int8`` runs in
+    onnxruntime, so it selects that backend when none is given).
 
     ``backend`` ``None`` or ``auto`` means torch here: the PyTorch runner keeps the NMS outside the network,
     so requests can ask for their own IoU, and runs batches of any size. ``onnxruntime`` exports the model
@@ -212,9 +215,15 @@ def build_detector(weights: str, model: str | None = None, backend: str | None =
         if backend == "torch" or device != "cpu" or image_size is not None:
             raise ConfigError(f"{weights}: an exported ONNX file runs in onnxruntime on the CPU at its exported "
                               "size; drop --backend torch, --device and --image-size")
+        if precision not in ("auto", "fp32") or calibration is not None:
+            raise ConfigError(f"{weights}: an exported file runs in the precision it was exported in; drop "
+                              "--precision/--calibration (quantise: 'efficientdet export --int8 --calibration DIR')")
         onnx = OnnxModel(weights)  # its own thresholds first, to know the floor of an --nms file
         if onnx.nms:
             return onnx
         return OnnxModel(weights, score_threshold=score_floor, max_det=max_det)
+    if backend in (None, "auto"):
+        backend = "onnxruntime" if precision == "int8" else "torch"
     return Detector(model, weights=weights, device=device, score_threshold=score_floor, iou_threshold=0.5,
-                    max_det=max_det, image_size=image_size, backend="torch" if backend in (None, "auto") else backend)
+                    max_det=max_det, image_size=image_size, backend=backend, precision=precision,
+                    calibration=calibration)

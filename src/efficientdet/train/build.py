@@ -92,22 +92,18 @@ def build_model(cfg: TrainConfig, data: DetectionData, device: torch.device, res
 
 
 def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """Mixed-precision dtype (``None`` = float32): fp16 on CUDA, bf16 on CPUs with AMX tiles by default.
+    """Mixed-precision dtype (``None`` = float32): fp16 on CUDA; float32 on every CPU unless ``--amp``.
 
-    With AVX512-BF16 alone (no AMX) a D0 training step measured 40% slower in bf16 than in float32 on the
-    2-core benchmark machine (BENCHMARKS.md), so those CPUs train in float32 by default.
+    bf16 autocast measured slower than float32 for a D0 training step on both CPU classes measured
+    (BENCHMARKS.md): AMD EPYC Zen 4 (AVX512-BF16, no AMX) 1.10-1.15x the float32 step time in two
+    interleaved pairs, Intel Xeon with AMX 1.77 vs 1.45 s/step; so the CPU default is float32 (``--amp``
+    still trains in bf16 autocast, ~0.75x the peak memory).
     """
     if cfg.amp is False:
         return None
     if device.type == "cuda":
         return torch.float16
-    if cfg.amp:
-        return torch.bfloat16
-    try:
-        amx = bool(torch.cpu._is_amx_tile_supported())
-    except AttributeError:
-        amx = False
-    return torch.bfloat16 if amx else None
+    return torch.bfloat16 if cfg.amp else None
 
 
 def build_state(cfg: TrainConfig, model: EfficientDet, steps_per_epoch: int, device: torch.device,

@@ -40,8 +40,8 @@ class TrainConfig:
     batch_size / 64); ``warmup_epochs`` may be fractional; ``ema_warmup_steps`` is the time constant
     tau of the EMA warm-up ``decay_t = ema_decay * (1 - exp(-updates / tau))`` (0 disables it), so
     short runs are not dominated by the random initial weights; ``amp`` ``None`` = automatic (fp16 +
-    GradScaler on CUDA, bf16 autocast on CPUs with AMX); ``recompute_stages`` ``None`` = 2 on the CPU,
-    0 on CUDA; ``scale_min``/``scale_max`` are the
+    GradScaler on CUDA, float32 on CPUs: bf16 autocast measured slower); ``recompute_stages`` ``None`` =
+    2 on the CPU, 0 on CUDA; ``scale_min``/``scale_max`` are the
     scale-jitter factors of the image size; ``save_interval_steps`` (0 = off) also checkpoints
     mid-epoch; ``max_nan_steps`` non-finite steps in a row stop the run; ``patience`` (evaluations
     without AP improvement) stops early; ``model_overrides`` are :class:`ModelConfig` fields.
@@ -67,7 +67,7 @@ class TrainConfig:
     ema_decay: float = opt(0.9998, "EMA decay of the weights", check="non_negative_float")
     ema_warmup_steps: float = opt(2000.0, "EMA warm-up time constant: decay * (1 - exp(-updates / N)); 0 = off",
                                   check="non_negative_float")
-    amp: bool | None = opt(None, "mixed precision (default: fp16 on CUDA, bf16 on CPUs with AMX bf16 units)")
+    amp: bool | None = opt(None, "mixed precision (default: fp16 on CUDA, float32 on CPUs: bf16 measured slower)")
     channels_last: bool = opt(True, "channels-last memory format (faster convolutions on CPU and GPU)")
     freeze_backbone: bool = opt(False, "train the feature network and heads only")
     recompute_stages: int | None = opt(
