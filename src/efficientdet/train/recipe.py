@@ -89,9 +89,10 @@ def choose_recipe(name: str, epochs: int, num_images: int, batch_size: int, pret
     steps_per_epoch = max(1, num_images // max(1, batch_size))
     steps = max(1, epochs * steps_per_epoch)
     if pretrained and steps >= LONG_SCHEDULE_STEPS:
-        base = official_recipe(batch_size)
-        return Recipe("auto", **{**base.fields(), "name": "auto", "reason": f"{steps} steps from pretrained "
-                                 "weights: the official recipe"})  # type: ignore[arg-type]
+        from dataclasses import replace
+
+        return replace(official_recipe(batch_size), name="auto",
+                       reason=f"{steps} steps from pretrained weights: the official recipe")
     lr = (1e-3 if pretrained else 2e-3) * math.sqrt(batch_size / 8)
     warmup_epochs = min(1.0, 0.05 * steps / steps_per_epoch)
     ema_decay = min(0.9998, 1.0 - 1.0 / max(10.0, 0.08 * steps))
