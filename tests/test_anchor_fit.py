@@ -94,3 +94,24 @@ def test_input_boxes_letterbox_scale_and_crowd(tmp_path):
     data = DetectionData([s1, s2], ["a", "b"], [1, 2])
     np.testing.assert_allclose(input_boxes(data, 100), [[0, 0, 25, 10]])  # long side 200 -> 100: x0.5
     assert input_boxes(data, 100, include_crowd=True).shape == (2, 4)
+
+
+@pytest.mark.parametrize("image_size", [128, 200])
+def test_nearest_centre_shortcut_equals_brute_force(image_size):
+    """The fast best-IoU (nearest grid centre per level and shape) equals the IoU against every anchor,
+    computed with the matcher's own IoU, also where strides are fractional (200 px)."""
+    import torch
+
+    from efficientdet.anchor_fit import best_anchor_iou
+    from efficientdet.anchors import generate_anchors
+    from efficientdet.matcher import batched_iou
+
+    rng = np.random.default_rng(3)
+    xy = rng.uniform(-10, image_size, (300, 2))
+    wh = np.exp(rng.uniform(np.log(2), np.log(image_size), (300, 2)))
+    boxes = np.concatenate([xy, xy + wh], axis=1).astype(np.float32)
+    ratios = ((1.0, 1.0), (1.6, 0.6), (0.5, 2.0))
+    fast, _ = best_anchor_iou(boxes, image_size, 2.5, ratios)
+    anchors = generate_anchors(image_size, 3, 7, 2.5, 3, ratios)
+    brute = batched_iou(anchors, torch.from_numpy(boxes)[None])[0].max(dim=1).values.numpy()
+    np.testing.assert_allclose(fast, brute, atol=1e-5)

@@ -25,10 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
-from .anchors import DEFAULT_ASPECT_RATIOS, generate_anchors
-from .matcher import batched_iou
+from .anchors import DEFAULT_ASPECT_RATIOS
 
 #: anchor_scale candidates searched by :func:`propose_anchors`
 SCALE_GRID = tuple(x / 4 for x in range(4, 33))  # 1.0 .. 8.0
@@ -82,24 +80,42 @@ def input_boxes(data: object, image_size: int, include_crowd: bool = False) -> n
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 4), np.float32)
 
 
-def _level_of_anchor(image_size: int, min_level: int, max_level: int, per_location: int) -> np.ndarray:
+def best_anchor_iou(boxes: np.ndarray, image_size: int, anchor_scale: float = 4.0,
+                    aspect_ratios: Sequence[tuple[float, float]] = DEFAULT_ASPECT_RATIOS, min_level: int = 3,
+                    max_level: int = 7, num_scales: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Best IoU of each (N, 4) xyxy box over all anchors of the configuration, and the level of that anchor.
+
+    Exact and fast: for a fixed anchor shape the intersection only shrinks as the anchor centre moves
+    away from the box centre along x or y, so on each level the best anchor of each shape is the one
+    whose grid centre is nearest to the box centre in x and in y. That is L x A candidates per box
+    instead of every anchor (same geometry as :func:`~efficientdet.anchors.generate_anchors`; tested
+    against the brute force). Returns ``(best_iou (N,) float64, level (N,) int)``.
+    """
     from .anchors import feature_sizes
 
-    counts = [h * w * per_location for h, w in feature_sizes((image_size, image_size), min_level, max_level)]
-    return np.repeat(np.arange(min_level, max_level + 1), counts)
-
-
-def best_anchor_iou(boxes: np.ndarray, anchors: torch.Tensor, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """For (N, 4) xyxy ``boxes``: (best IoU over ``anchors`` (A, 4), index of that anchor), both (N,)."""
-    best = np.zeros(len(boxes), np.float32)
-    index = np.zeros(len(boxes), np.int64)
-    b = torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float32))
-    for start in range(0, len(boxes), chunk):
-        iou = batched_iou(anchors, b[None, start:start + chunk])[0]  # (n, A)
-        value, idx = iou.max(dim=1)
-        best[start:start + chunk] = value.numpy()
-        index[start:start + chunk] = idx.numpy()
-    return best, index
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    best = np.zeros(len(b))
+    level_of = np.full(len(b), min_level, dtype=np.int64)
+    shapes = [(2.0 ** (s / num_scales) * ax, 2.0 ** (s / num_scales) * ay)
+              for s in range(num_scales) for ax, ay in aspect_ratios]
+    for level, (fh, fw) in zip(range(min_level, max_level + 1),
+                               feature_sizes((image_size, image_size), min_level, max_level)):
+        sy, sx = image_size / fh, image_size / fw
+        kx = np.clip(np.round((cx - sx / 2) / sx), 0, fw - 1)
+        ky = np.clip(np.round((cy - sy / 2) / sy), 0, fh - 1)
+        ax_c, ay_c = sx / 2 + kx * sx, sy / 2 + ky * sy
+        for mx, my in shapes:
+            hw, hh = anchor_scale * sx * mx / 2, anchor_scale * sy * my / 2
+            iw = np.clip(np.minimum(b[:, 2], ax_c + hw) - np.maximum(b[:, 0], ax_c - hw), 0, None)
+            ih = np.clip(np.minimum(b[:, 3], ay_c + hh) - np.maximum(b[:, 1], ay_c - hh), 0, None)
+            inter = iw * ih
+            iou = np.where(inter > 0, inter / np.maximum(area_b + 4 * hw * hh - inter, 1e-12), 0.0)
+            better = iou > best
+            best = np.where(better, iou, best)
+            level_of = np.where(better, level, level_of)
+    return best, level_of
 
 
 def anchor_report(boxes: np.ndarray, image_size: int, anchor_scale: float = 4.0,
@@ -107,10 +123,8 @@ def anchor_report(boxes: np.ndarray, image_size: int, anchor_scale: float = 4.0,
                   max_level: int = 7, num_scales: int = 3, iou_threshold: float = 0.5) -> AnchorReport:
     """Fit of an anchor configuration to ``boxes`` ((N, 4) xyxy input pixels, see :func:`input_boxes`)."""
     ratios = tuple((float(a), float(b)) for a, b in aspect_ratios)
-    anchors = generate_anchors(image_size, min_level, max_level, anchor_scale, num_scales, ratios)
-    best, idx = best_anchor_iou(boxes, anchors)
-    levels_of = _level_of_anchor(image_size, min_level, max_level, num_scales * len(ratios))[idx]
-    ok = best >= iou_threshold
+    best, levels_of = best_anchor_iou(boxes, image_size, anchor_scale, ratios, min_level, max_level, num_scales)
+    ok = best >= iou_threshold - 1e-9
     smallest = anchor_scale * 2 ** min_level  # square anchor of octave 1 on the finest level
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) if len(boxes) else np.zeros(0)
     too_small = int(np.sum(~ok & (areas < smallest**2)))
@@ -178,7 +192,7 @@ def _subsample(boxes: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
 def propose_anchors(boxes: np.ndarray, image_size: int, anchor_scale: float = 4.0,
                     aspect_ratios: Sequence[tuple[float, float]] = DEFAULT_ASPECT_RATIOS, min_level: int = 3,
                     max_level: int = 7, num_scales: int = 3, iou_threshold: float = 0.5,
-                    max_boxes: int = 3000) -> AnchorProposal:
+                    max_boxes: int = 20000) -> AnchorProposal:
     """Search ``anchor_scale`` over :data:`SCALE_GRID` for the default ratios and the k-means ratios;
     keep the highest best possible recall (ties: the current configuration, then the smaller change of
     scale). ``max_boxes`` boxes at most (a fixed random subset) are used in the search; the two final
@@ -206,7 +220,7 @@ def propose_image_size(boxes: np.ndarray, image_size: int, anchor_scale: float =
                        aspect_ratios: Sequence[tuple[float, float]] = DEFAULT_ASPECT_RATIOS, min_level: int = 3,
                        max_level: int = 7, num_scales: int = 3, iou_threshold: float = 0.5,
                        max_fraction_too_small: float = 0.01, largest: int = 1536,
-                       max_boxes: int = 1000) -> tuple[int, AnchorReport | None]:
+                       max_boxes: int = 20000) -> tuple[int, AnchorReport | None]:
     """The smallest input side (``image_size`` itself, or a larger multiple of ``2**max_level`` up to
     ``largest``) at which at most ``max_fraction_too_small`` of the boxes are too small for any anchor.
     Boxes scale with the input (they are given at ``image_size``). Returns (size, its report on at most
