@@ -115,3 +115,25 @@ def test_nearest_centre_shortcut_equals_brute_force(image_size):
     anchors = generate_anchors(image_size, 3, 7, 2.5, 3, ratios)
     brute = batched_iou(anchors, torch.from_numpy(boxes)[None])[0].max(dim=1).values.numpy()
     np.testing.assert_allclose(fast, brute, atol=1e-5)
+
+
+def test_plan_anchors_applies_proposal_and_warns(tmp_path):
+    from efficientdet.anchor_fit import plan_anchors
+    from efficientdet.variants import get_config
+
+    # 12 px objects in 256 px images at a 256 px input: D0's smallest anchor is 32 px
+    c = 4 + 8 * np.arange(2, 28, 3, dtype=np.float32)
+    cx, cy = np.meshgrid(c, c)
+    boxes = np.stack([cx.ravel() - 6, cy.ravel() - 6, cx.ravel() + 6, cy.ravel() + 6], axis=1)
+    n = len(boxes)
+    sample = Sample(1, "a.jpg", tmp_path / "a.jpg", 256, 256, boxes, np.zeros(n), np.zeros(n, bool))
+    data = DetectionData([sample], ["dot"], [1])
+    config = get_config("d0", image_size=256)
+    kept = plan_anchors(data, config, mode="default")
+    assert kept.overrides == {} and kept.proposal.current.recall == 0.0
+    assert "--anchors auto" in kept.warning and "--image-size 512" in kept.warning
+    auto = plan_anchors(data, config, mode="auto")
+    assert auto.overrides["anchor_scale"] < 2.0 and auto.proposal.proposed.recall == 1.0
+    assert auto.warning is None and "anchors auto: anchor_scale" in auto.messages[1]
+    applied = config.replace(**auto.overrides)  # what train does: a valid ModelConfig
+    assert applied.anchor_scale == auto.overrides["anchor_scale"]

@@ -237,5 +237,62 @@ def propose_image_size(boxes: np.ndarray, image_size: int, anchor_scale: float =
     return candidates[-1], report
 
 
-__all__ = ["AnchorProposal", "AnchorReport", "anchor_report", "best_anchor_iou", "fit_aspect_ratios", "input_boxes",
-           "propose_anchors", "propose_image_size"]
+
+
+#: below this best possible recall ``train`` warns at start
+POOR_RECALL = 0.9
+
+
+@dataclass
+class AnchorPlan:
+    """What ``train --anchors MODE`` does with a data set: the report, the overrides it applies (empty
+    when the model's anchors stay) and the lines to print (a warning when recall stays poor)."""
+
+    proposal: AnchorProposal
+    overrides: dict[str, object]
+    messages: list[str]
+    warning: str | None
+
+
+def plan_anchors(data: object, config: object, mode: str = "auto", poor_recall: float = POOR_RECALL) -> AnchorPlan:
+    """Measure the model's anchors on the training data and, with ``mode="auto"``, take the proposal
+    when it raises the best possible recall by at least a point (``mode="default"``: measure only).
+
+    ``data`` is a :class:`~efficientdet.data.records.DetectionData`, ``config`` a
+    :class:`~efficientdet.variants.ModelConfig` (its image size, levels and anchors).
+    """
+    c = config
+    boxes = input_boxes(data, c.image_size)  # type: ignore[attr-defined]
+    prop = propose_anchors(boxes, c.image_size, c.anchor_scale, c.aspect_ratios,  # type: ignore[attr-defined]
+                           c.min_level, c.max_level, c.num_scales)  # type: ignore[attr-defined]
+    cur, new = prop.current, prop.proposed
+    messages = [f"anchors: {cur.recall:.1%} of {cur.num_boxes} training boxes have an anchor at IoU >= "
+                f"{cur.iou_threshold:g} (anchor_scale {cur.anchor_scale:g}); {cur.too_small} are smaller than the "
+                f"smallest anchor ({cur.smallest_anchor:.0f} px at {c.image_size}px)"]  # type: ignore[attr-defined]
+    overrides: dict[str, object] = {}
+    final = cur
+    if mode == "auto" and prop.improves:
+        overrides = prop.overrides()
+        final = new
+        ratios = ", ".join(f"({a:g}, {b:g})" for a, b in new.aspect_ratios)
+        messages.append(f"anchors auto: anchor_scale {new.anchor_scale:g}, aspect ratios {ratios} -> recall "
+                        f"{new.recall:.1%} (saved with the model)")
+    elif mode == "auto":
+        messages.append("anchors auto: the model's anchors already fit (no proposal raises recall by 1 point)")
+    warning = None
+    if final.recall < poor_recall:
+        hints = []
+        if mode != "auto" and prop.improves:
+            hints.append(f"--anchors auto (recall {new.recall:.1%})")
+        size, _ = propose_image_size(boxes, c.image_size, final.anchor_scale, final.aspect_ratios,  # type: ignore
+                                     c.min_level, c.max_level, c.num_scales)  # type: ignore[attr-defined]
+        if size > c.image_size:  # type: ignore[attr-defined]
+            hints.append(f"--image-size {size}")
+        hints.append("'efficientdet anchors' for the per-level report")
+        warning = (f"warning: only {final.recall:.1%} of the training boxes can be matched to an anchor at IoU >= "
+                   f"{final.iou_threshold:g}; the rest train poorly and are often missed. Try " + ", ".join(hints))
+    return AnchorPlan(prop, overrides, messages, warning)
+
+
+__all__ = ["AnchorPlan", "AnchorProposal", "AnchorReport", "POOR_RECALL", "anchor_report", "best_anchor_iou",
+           "fit_aspect_ratios", "input_boxes", "plan_anchors", "propose_anchors", "propose_image_size"]
