@@ -12,9 +12,10 @@ import time
 
 import pytest
 import torch
+from efficientdet.errors import TrainingStopped
+from efficientdet.train.step import train_step
 
 from efficientdet.train.config import TrainConfig
-from efficientdet.train.engine import TrainingStopped, train_step
 from efficientdet.train.run_dir import next_run_dir, read_metrics
 from efficientdet.train.trainer import Trainer, train
 from efficientdet.weights import load_checkpoint
@@ -54,7 +55,7 @@ def test_run_folder(run_a) -> None:
     assert cfg.epochs == 2 and cfg.model_overrides["fpn_channels"] == 16
     last, best = load_checkpoint(run / "weights" / "last.pt"), load_checkpoint(run / "weights" / "best.pt")
     assert last.extra["train"]["epoch"] == 2 and last.extra["train"]["step"] == 4
-    assert best.config["num_classes"] == 4 and best.class_names == ["circle", "square", "triangle", "cross"]
+    assert best.config["num_classes"] == 4 and best.labels.names == ("circle", "square", "triangle", "cross")
     assert set(best.extra["metrics"]) >= {"AP", "AP50"}
     rows = read_metrics(run / "metrics.csv")
     assert [r["epoch"] for r in rows] == [1.0, 2.0]
@@ -104,8 +105,9 @@ def test_loss_decreases_on_a_fixed_batch(tiny_data, tmp_path) -> None:
     images, targets = next(iter(trainer.loader))
     losses = []
     for _ in range(6):
-        trainer.step = 0  # constant (peak) lr
-        losses.append(train_step(trainer, images, targets)["loss"])
+        trainer.state.step = 0  # constant (peak) lr
+        trainer.set_train_mode()
+        losses.append(train_step(trainer.state, trainer.setup, images, targets)["loss"])
     assert losses[-1] < losses[0], losses
 
 
