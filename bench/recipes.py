@@ -180,21 +180,17 @@ def dataset(kind: str, root: Path, num_train: int, num_val: int) -> dict[str, Pa
 
 
 def run_ours(paths: dict, method: str, args: argparse.Namespace, out: Path) -> dict:
-    from efficientdet.data import read_dataset
+    """``auto``: train's defaults (recipe auto, anchors auto); ``official``: the paper's recipe with the model's
+    anchors (train before issue 15); ``demo-adamw``: the demo's former hand-set recipe, model anchors."""
     from efficientdet.train import TrainConfig, train
-    from efficientdet.train.recipe import choose_recipe
 
-    n = len(read_dataset("coco", paths["train_images"], paths["train_annotations"]))
-    pretrained = args.pretrained_backbone is not None
-    recipe = choose_recipe(method if method in ("auto", "official") else "auto", args.epochs, n, args.batch_size,
-                           pretrained)
-    fields = recipe.fields()
-    if method == "demo-adamw":  # the demo's hand-set recipe before issue 15
+    fields: dict = {}
+    if method == "demo-adamw":
         fields.update(optimizer="adamw", lr=4e-3, weight_decay=4e-5, warmup_epochs=1.0, ema_decay=0.9998,
                       ema_warmup_steps=200.0, scale_min=0.6, scale_max=1.4)
     for override in args.set or []:
         key, value = override.split("=", 1)
-        fields[key] = type(fields[key])(value) if fields.get(key) is not None else float(value)
+        fields[key] = value if key == "optimizer" else float(value)
     overrides = dict(json.loads(args.model_overrides)) if args.model_overrides else {}
     cfg = TrainConfig(
         train_images=str(paths["train_images"]), train_annotations=str(paths["train_annotations"]),
@@ -202,12 +198,17 @@ def run_ours(paths: dict, method: str, args: argparse.Namespace, out: Path) -> d
         model=args.model, image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
         pretrained_backbone=args.pretrained_backbone, model_overrides=overrides, workers=args.workers,
         out=str(out), val_interval=args.epochs, progress=True, tensorboard=False, plots=False, seed=args.seed,
+        recipe="official" if method == "official" else "auto", anchors="auto" if method == "auto" else "default",
         **fields,
     )
     t0 = time.perf_counter()
     result = train(cfg)
+    used = TrainConfig.load_yaml(Path(out) / "config.yaml")
+    recipe = {k: getattr(used, k) for k in ("optimizer", "lr", "weight_decay", "warmup_epochs", "ema_decay",
+                                            "ema_warmup_steps", "scale_min", "scale_max", "anchors")}
+    recipe["anchor_scale"] = used.model_overrides.get("anchor_scale")
     return {"AP": result.metrics.get("AP"), "AP50": result.metrics.get("AP50"), "APs": result.metrics.get("APs"),
-            "seconds": round(time.perf_counter() - t0, 1), "steps": result.step, "recipe": fields}
+            "seconds": round(time.perf_counter() - t0, 1), "steps": result.step, "recipe": recipe}
 
 
 def run_effdet(paths: dict, args: argparse.Namespace, out: Path) -> dict:
