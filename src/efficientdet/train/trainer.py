@@ -270,7 +270,7 @@ class Trainer:
             torch.use_deterministic_algorithms(self._was_deterministic)
         return result
 
-    def _finish(self, interrupted: bool, log: MetricsLog | None) -> TrainResult:
+    def _finish(self, interrupted: bool, mlog: MetricsLog | None) -> TrainResult:
         s = self.state
         plots: list[Path] = []
         if dist.is_main() and self.cfg.plots:  # also after an interruption (the checkpoint is already saved)
