@@ -52,10 +52,10 @@ def test_default_run_records_recipe_and_fitted_anchors(default_run):
     from efficientdet.weights import load_checkpoint
 
     result, err = default_run
-    assert "recipe auto: adamw lr 0.002" in err
+    assert "recipe auto: adamw lr 0.00141" in err  # 2e-3 x sqrt(batch 4 / 8)
     assert "anchors:" in err and "training boxes have an anchor" in err
     saved = TrainConfig.load_yaml(result.run_dir / "config.yaml")
-    assert (saved.recipe, saved.optimizer, saved.lr, saved.accumulate) == ("auto", "adamw", 0.002, 2)
+    assert (saved.recipe, saved.optimizer, saved.lr, saved.accumulate) == ("auto", "adamw", 0.001414, 2)
     assert saved.ema_decay is not None and saved.scale_min == 0.6  # resolved values, not None
     # 10-40 px shapes at 128 px: D0's 32 px smallest anchor is too coarse, so anchors auto changed them
     assert "anchors auto: anchor_scale" in err
