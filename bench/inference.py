@@ -183,15 +183,13 @@ def main() -> None:
     for thr in (0.001, 0.25):  # post-processing alone on the network's real outputs
         det = Detector("d0", weights=weights, score_threshold=thr)
         batch, scales, sizes = det.preprocess([img])
-        cls, box = det.forward_network(batch)
-        with torch.inference_mode():
-            res[f"postprocess_thr{thr}_ms"] = timeit(
-                lambda d=det, c=cls, b=box, s=scales, z=sizes: d.postprocess_outputs(c, b, s, z),
-                args.runs, args.warmup)
+        outputs = det.forward_network(batch)
+        res[f"postprocess_thr{thr}_ms"] = timeit(
+            lambda d=det, o=outputs, s=scales, z=sizes: d.postprocess_outputs(o, s, z), args.runs, args.warmup)
     x = torch.randn(1, 3, size, size)
     with torch.inference_mode():
         xc = x.contiguous(memory_format=torch.channels_last)
-        res["ours_network_torch_ms"] = timeit(lambda: ours.network(xc), args.runs, args.warmup)
+        res["ours_network_torch_ms"] = timeit(lambda: ours.runner.network(xc), args.runs, args.warmup)
         res["ours_network_unfused_torch_ms"] = timeit(lambda: ours.model(x), args.runs, args.warmup)
         res["effdet_network_torch_ms"] = timeit(lambda: net(x), args.runs, args.warmup)
     with tempfile.TemporaryDirectory() as tmp:

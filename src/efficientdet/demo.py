@@ -36,8 +36,7 @@ def run_demo(out: str | Path = "demo_out", epochs: int = 26, num_train: int = 32
     from .images import load_image
     from .inference.detector import Detector
     from .train.config import TrainConfig
-    from .train.engine import evaluate
-    from .train.trainer import train
+    from .train.trainer import evaluate, train
     from .visualize import draw_detections
 
     out = Path(out)

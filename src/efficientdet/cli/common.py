@@ -106,8 +106,9 @@ def add_model_options(p: argparse.ArgumentParser, weights_required: bool = False
                         "or an exported .onnx file (run in onnxruntime)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--image-size", type=image_size, default=None, help="override the network input size")
-    p.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
-                   help="inference runtime (default torch; onnxruntime for an .onnx --weights file)")
+    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
+                   help="inference runtime: auto (default) = onnxruntime on the CPU (exported once and cached, the "
+                        "fastest path), else torch; an .onnx --weights file always runs in onnxruntime")
 
 
 def make_detector(args: argparse.Namespace, **settings: object):
@@ -119,4 +120,4 @@ def make_detector(args: argparse.Namespace, **settings: object):
     if is_onnx_file(args.weights) and args.backend == "torch":
         raise ConfigError(f"{args.weights}: an exported ONNX file runs in onnxruntime; drop --backend torch")
     return Detector(args.model, weights=args.weights, device=args.device, image_size=args.image_size,
-                    backend=args.backend or "torch", **settings)
+                    backend=args.backend, **settings)

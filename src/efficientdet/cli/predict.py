@@ -1,4 +1,5 @@
-"""``efficientdet predict``: detect objects in image files, folders and globs."""
+"""``efficientdet predict``: detect objects in image files, folders and globs, and in videos, stream URLs,
+webcams and image sequences (:func:`efficientdet.video.predict_video`)."""
 
 from __future__ import annotations
 
@@ -14,46 +15,33 @@ from .common import add_model_options, expand_sources, make_detector, positive_i
 
 def run(args: argparse.Namespace) -> int:
     """``efficientdet predict``: 0 when every input was processed, 1 when some were skipped."""
-    from ..images import load_image
-    from ..visualize import draw_detections
-
-    items, problems = expand_sources(args.sources)
+    images, videos = split_video_sources(args)
+    items, problems = expand_sources(images) if images else ([], [])
     for line in problems:
         print(f"error: {line}", file=sys.stderr)
-    if not items:
-        raise ConfigError("no images to predict on; pass image files, directories or globs")
+    if not items and not videos:
+        raise ConfigError("no images to predict on; pass image files, directories or globs (or a video, a stream "
+                          "URL, an image-sequence pattern, --source 0 for a webcam)")
     detector = make_detector(args, score_threshold=args.score_threshold, iou_threshold=args.iou,
                              max_det=args.max_det, soft_nms=args.soft_nms or None)
     out_dir = Path(args.out) if args.out else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
-    records: list[dict] = []
-    skipped = 0
-    total = 0
-    for start in range(0, len(items), args.batch_size):
-        chunk = items[start : start + args.batch_size]
-        images, names = [], []
-        for path, name in chunk:
-            try:
-                images.append(load_image(path))
-                names.append(name)
-            except EfficientDetError as exc:
-                skipped += 1
-                print(f"error: {exc} (skipped)", file=sys.stderr)
-        if not images:
-            continue
-        for name, img, det in zip(names, images, detector(images, batch_size=args.batch_size)):
-            total += len(det)
-            counts = ", ".join(f"{n} {c}" for c, n in det.counts().items()) or "no detections"
-            t = det.timings
-            print(f"{name}: {img.width}x{img.height} {counts} ({t['preprocess_ms']:.1f} ms preprocess, "
-                  f"{t['inference_ms']:.1f} ms inference, {t['postprocess_ms']:.1f} ms postprocess)")
-            records.extend(det.to_coco(file_name=name))
-            if out_dir:
-                target = out_dir / name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                draw_detections(img, det).save(target.with_suffix(target.suffix if target.suffix.lower() in
-                                                                  {".jpg", ".jpeg", ".png"} else ".png"))
+    batch_size = auto_batch_size(args, detector)
+
+    def report(name: str, img: object, det: object) -> None:
+        counts = ", ".join(f"{n} {c}" for c, n in det.counts().items()) or "no detections"
+        t = det.timings
+        print(f"{name}: {img.width}x{img.height} {counts} ({t['preprocess_ms']:.1f} ms preprocess, "
+              f"{t['inference_ms']:.1f} ms inference, {t['postprocess_ms']:.1f} ms postprocess)", flush=True)
+
+    from ..folder import predict_files
+
+    result = predict_files(detector, items, out_dir, batch_size=batch_size, on_image=report)
+    records, total, skipped = result.records, result.detections, len(result.skipped)
+    video_code = predict_videos(args, detector, videos) if videos else 0
+    if videos and not items:
+        return video_code
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(records, indent=1) + "\n")
@@ -66,13 +54,88 @@ def run(args: argparse.Namespace) -> int:
     print(summary)
     if skipped or problems:
         print(f"error: {skipped + len(problems)} input(s) skipped (see above)", file=sys.stderr)
-        return 1
-    return 0
+        return max(1, video_code)
+    return video_code
+
+
+# -- videos, streams, webcams and image sequences (efficientdet.video) ------------------------------------------
+def split_video_sources(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """predict's sources -> (image sources, video sources); --json takes one video source, alone."""
+    import glob
+
+    from ..video import is_video_source
+
+    sources = []
+    for src in [*args.sources, *args.source]:  # a glob of videos ("clips/*.mp4") stands for its files
+        globbed = any(ch in src for ch in "*?[") and not Path(src).exists() and is_video_source(src)
+        sources += sorted(glob.glob(src, recursive=True)) or [src] if globbed else [src]
+    videos = [s for s in sources if is_video_source(s)]
+    if videos and args.json and len(sources) > 1:
+        raise ConfigError(f"--json {args.json} with a video source writes JSON Lines for that one source; got "
+                          f"{len(sources)} sources: run one command per video (or drop --json)")
+    return [s for s in sources if not is_video_source(s)], videos
+
+
+def video_tracker(args: argparse.Namespace, source: object) -> object | None:
+    """The tracker for one video source (a fresh one per source), or None: the hook for --track."""
+    return None
+
+
+def predict_videos(args: argparse.Namespace, detector: object, videos: list[str]) -> int:
+    """Run ``predict_video`` on each video source: 0 = all read whole, 1 = a source stopped early or skipped
+    frames (reported), 2 = a source could not be opened, 130 = interrupted (outputs finalised)."""
+    from ..video import open_source, predict_video
+
+    code = 0
+    for name in videos:
+        try:
+            with open_source(name) as source:
+                summary = predict_video(detector, source, out=args.out, json=args.json, vid_stride=args.vid_stride,
+                                        max_frames=args.max_frames, tracker=video_tracker(args, source),
+                                        batch_size=auto_batch_size(args, detector), progress=sys.stderr.isatty())
+        except EfficientDetError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            code = max(code, exc.exit_code)
+            continue
+        print(summary)
+        for line in summary.problems:
+            print(f"warning: {line}", file=sys.stderr)
+        if summary.skipped:
+            print(f"error: {summary.source}: {summary.skipped} corrupt packet(s) or unreadable frame(s) skipped",
+                  file=sys.stderr)
+            code = max(code, 1)
+        if summary.stopped == "interrupted":
+            print(f"interrupted after {summary.frames} frame(s); the outputs are finalised", file=sys.stderr)
+            return 130
+        if summary.stopped:
+            print(f"error: {summary.source}: stopped early: {summary.stopped}; the outputs hold the "
+                  f"{summary.frames} frame(s) before it", file=sys.stderr)
+            code = max(code, 1)
+    return code
+
+
+def batch_size_arg(text: str) -> int | str:
+    """``auto`` or a positive integer."""
+    return "auto" if text == "auto" else positive_int(text)
+
+
+def auto_batch_size(args: argparse.Namespace, detector: object) -> int:
+    """``--batch-size auto``: a throughput batch for the device (see the option's help)."""
+    if args.batch_size != "auto":
+        return int(args.batch_size)
+    return 8 if str(getattr(detector, "device", "cpu")).startswith("cuda") else 1
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="detect objects in images", description="Detect objects in images.")
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="image files, directories or globs")
+    p = sub.add_parser("predict", help="detect objects in images and videos",
+                       description="Detect objects in images, videos, streams, webcams and image sequences.")
+    p.add_argument("sources", nargs="*", metavar="SOURCE",
+                   help="image files, directories or globs; video files (mp4, mov, avi, mkv, webm), stream URLs "
+                        "(rtsp://, http(s)://) or image-sequence patterns (frames/%%05d.png)")
+    p.add_argument("--source", action="append", default=[], metavar="SOURCE",
+                   help="another source, e.g. a webcam index (--source 0); repeatable")
+    p.add_argument("--vid-stride", type=positive_int, default=1, help="videos: run on every N-th frame (default 1)")
+    p.add_argument("--max-frames", type=positive_int, default=None, help="videos: stop after N frames")
     add_model_options(p)
     p.add_argument("--score-threshold", type=unit_float, default=PREDICT.score_threshold,
                    help=f"minimum score (default {PREDICT.score_threshold})")
@@ -80,9 +143,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--soft-nms", action="store_true", help="Gaussian soft-NMS instead of hard NMS")
     p.add_argument("--max-det", type=positive_int, default=PREDICT.max_det,
                    help=f"detections per image (default {PREDICT.max_det})")
-    p.add_argument("--batch-size", type=positive_int, default=1, help="images per forward pass (default 1)")
-    p.add_argument("--out", help="folder for annotated images")
-    p.add_argument("--json", help="write detections as COCO-style results JSON")
+    p.add_argument("--batch-size", type=batch_size_arg, default="auto",
+                   help="images per forward pass; auto (default): 1 on the CPU (a larger batch is no cheaper per "
+                        "image there; decoding and writing already overlap the network), 8 on a GPU")
+    p.add_argument("--out", help="folder for annotated images (and OUT/<stem>.mp4 for a video)")
+    p.add_argument("--json", help="write detections as COCO-style results JSON (for a video: JSON Lines, one "
+                                  "record per frame)")
     p.set_defaults(func=run)
 
 

@@ -3,6 +3,8 @@
 - ``weights`` naming an ``.onnx`` file: :class:`~.onnxrt.OnnxRunner` (onnxruntime, no PyTorch for
   ``--nms`` files).
 - ``backend="torch"``: :class:`~.torch_runner.TorchRunner` on the model from :func:`efficientdet.create_model`.
+- ``backend="auto"`` (the command line's default): onnxruntime on the CPU when it is installed (the
+  fastest path, BENCHMARKS.md), PyTorch otherwise and for a given model instance or another device.
 - ``backend="onnxruntime"``: the model is exported once to a cache folder keyed by the weights' content
   hash and the export settings (``$EFFICIENTDET_CACHE/onnx`` or ``~/.cache/efficientdet/onnx``) and run
   by :class:`~.onnxrt.OnnxRunner`; with hard NMS the post-processing is inside the file (the fastest
@@ -21,7 +23,9 @@ from ..errors import ConfigError
 from .config import PostprocessConfig
 from .onnxrt import OnnxRunner, is_onnx_file
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("auto", "torch", "onnxruntime")
+#: bump when the exported graphs change: old cache entries are then not reused
+GRAPH_FORMAT = "v4"
 
 
 def onnx_cache_dir() -> Path:
@@ -31,39 +35,67 @@ def onnx_cache_dir() -> Path:
     return base / "onnx"
 
 
-def model_key(model: Any, opset: int, settings: str = "raw") -> str:
-    """Hash of the weights + config + labels + export settings (a changed checkpoint gets a new file)."""
-    import torch
+def _export_settings(settings: PostprocessConfig) -> dict[str, Any]:
+    """What goes into the graph: the NMS settings for hard NMS, nothing for soft-NMS (raw outputs)."""
+    if settings.soft_nms:
+        return {}
+    return dict(score_threshold=settings.score_threshold, iou_threshold=settings.iou_threshold,
+                max_det=settings.max_det, topk=settings.topk)
+
+
+def request_key(model: Any, weights: Any, image_size: int | None, num_classes: int | None,
+                settings: PostprocessConfig, batch: int, opset: int) -> str | None:
+    """Cache key of an export request, computed without PyTorch: the weights file's bytes (or a published
+    name) + the request. ``None`` when the request cannot be cached (random weights, a model instance)."""
+    if weights is None or not (model is None or isinstance(model, str)):
+        return None
+    from .. import __version__
 
     h = hashlib.sha256()
-    h.update(repr(model.config.to_dict()).encode())
-    h.update(repr(model.labels.names).encode())  # ignored slots are masked inside NMS graphs
-    h.update(f"{settings}-v3-opset{opset}-torch{torch.__version__}".encode())  # v3: the graph format
-    for name, t in model.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    path = Path(weights)
+    if path.is_file():
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    else:  # a published name (downloaded, verified and cached by the weights module)
+        h.update(str(weights).encode())
+    h.update(repr((model, image_size, num_classes, sorted(_export_settings(settings).items()), settings.soft_nms,
+                   batch, opset, GRAPH_FORMAT, __version__)).encode())
+    return h.hexdigest()[:20]
 
 
-def cached_onnx(model: Any, settings: PostprocessConfig, batch: int = 1, opset: int = 17) -> Path:
-    """The cached export of ``model`` for the onnxruntime backend (written on first use, atomically).
+def cached_path(key: str, weights: Any, batch: int) -> Path:
+    return onnx_cache_dir() / f"{Path(str(weights)).stem}-b{batch}-{key}.onnx"
+
+
+def export_to_cache(model: Any, path: Path, settings: PostprocessConfig, batch: int = 1, opset: int = 17) -> Path:
+    """Export ``model`` for the onnxruntime backend to ``path`` (atomically: a temporary file, then a rename).
 
     Hard NMS: the post-processing goes into the graph with ``settings``; soft-NMS: raw outputs. A fixed
     batch runs ~20% faster in onnxruntime than a dynamic one; other batch sizes are split / zero-padded.
     """
     from .onnx_export import export_onnx
 
-    nms = not settings.soft_nms
-    fixed = dict(score_threshold=settings.score_threshold, iou_threshold=settings.iou_threshold,
-                 max_det=settings.max_det, topk=settings.topk) if nms else {}
-    key = model_key(model, opset, repr(sorted(fixed.items())) if nms else "raw")
-    path = onnx_cache_dir() / f"{model.config.name}-{model.config.image_size}-b{batch}-{key}.onnx"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        export_onnx(model, tmp, batch=batch, opset=opset, nms=nms, **fixed)
-        os.replace(tmp, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    export_onnx(model, tmp, batch=batch, opset=opset, nms=not settings.soft_nms, **_export_settings(settings))
+    os.replace(tmp, path)
     return path
+
+
+def onnxruntime_available() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
+
+
+def resolve_backend(backend: str, model: Any, device: Any) -> str:
+    """``auto`` -> ``onnxruntime`` on the CPU when installed (and the model is not a live instance), else ``torch``."""
+    check_backend(backend)
+    if backend != "auto":
+        return backend
+    live = not (model is None or isinstance(model, str | Path))
+    return "onnxruntime" if str(device) == "cpu" and not live and onnxruntime_available() else "torch"
 
 
 def check_backend(backend: str) -> str:
@@ -74,7 +106,7 @@ def check_backend(backend: str) -> str:
         try:
             import onnxruntime  # noqa: F401
         except ImportError as exc:
-            raise ConfigError("--backend onnxruntime needs the onnxruntime package (pip install onnxruntime); "
+            raise ConfigError("--backend onnxruntime needs the onnxruntime package (pip install onnxruntime onnx); "
                               "or use --backend torch") from exc
     return backend
 
@@ -108,13 +140,20 @@ def build_runner(
             if get_config(model).name != runner.config.name:
                 raise ConfigError(f"{path}: the file holds {runner.config.name}, not {model}; drop --model")
         return runner
+    backend = resolve_backend(backend, model, device)
+    if backend == "onnxruntime":
+        if str(device) != "cpu":
+            raise ConfigError("--backend onnxruntime runs on the CPU here; use --device cpu or --backend torch")
+        settings = settings or PostprocessConfig()
+        key = request_key(model, weights, image_size, num_classes, settings, batch, 17)
+        if key is not None and cached_path(key, weights, batch).is_file():  # a second run: no PyTorch needed
+            return OnnxRunner(cached_path(key, weights, batch), threads)
     import torch
 
     from ..factory import create_model
     from ..model.efficientdet import EfficientDet
     from .torch_runner import TorchRunner
 
-    check_backend(backend)
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda requested but no CUDA GPU is available; use --device cpu")
@@ -123,7 +162,13 @@ def build_runner(
     if backend == "torch":
         # a given model may still be training: a fused copy would not follow its weights
         return TorchRunner(net, device, (not given) if optimize is None else optimize)
-    if device.type != "cpu":
-        raise ConfigError("--backend onnxruntime runs on the CPU here; use --device cpu or --backend torch")
-    path = cached_onnx(net.eval(), settings or PostprocessConfig(), batch=batch)
-    return OnnxRunner(path, threads)
+    if key is not None:
+        return OnnxRunner(export_to_cache(net.eval(), cached_path(key, weights, batch), settings, batch), threads)
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="efficientdet-onnx-"))  # random weights or a live model: not cached
+    try:
+        return OnnxRunner(export_to_cache(net.eval(), folder / "model.onnx", settings, batch), threads)
+    finally:  # the session holds the graph in memory
+        shutil.rmtree(folder, ignore_errors=True)

@@ -76,7 +76,7 @@ def train_step(state: TrainState, setup: StepSetup, images: torch.Tensor, target
         with sync:
             with setup.autocast():
                 cls, box = setup.forward(images[sl])
-            cls, box = flatten_outputs(cls, box, setup.loss_fn.num_classes)
+            cls, box = flatten_outputs(cls, box, state.model.config.num_classes)
             terms = setup.loss_fn(cls, box, match.cls_targets[sl], match.box_targets[sl])
             weight = (terms["num_positives"].detach() + 1.0) / (batch_positives + 1.0)  # micro -> batch normaliser
             loss = terms["loss"] * weight * scale
