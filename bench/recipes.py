@@ -277,20 +277,18 @@ def run_effdet(paths: dict, args: argparse.Namespace, out: Path) -> dict:
             step += 1
     seconds = time.perf_counter() - t0
     predict = DetBenchPredict(ema.module).eval()
-    from efficientdet.data import EvalTransform
+    from efficientdet.preprocess import letterbox, normalize
 
-    tf = EvalTransform(args.image_size, mean, std)
     dets = []
     with torch.no_grad():
         for s in val_data.samples:
-            img = Image.open(s.path).convert("RGB")
-            x, meta = tf(img, None)
-            out = predict(x[None])[0]  # (100, 6) xyxy score class(1-based) in input pixels
+            canvas, sc = letterbox(Image.open(s.path).convert("RGB"), args.image_size, mean)
+            x = normalize(torch.from_numpy(canvas).unsqueeze(0), mean, std)
+            out = predict(x)[0]  # (100, 6) xyxy score class(1-based) in input pixels
             for row in out.tolist():
                 x1, y1, x2, y2, score, cls = row
                 if score <= 0.001:
                     continue
-                sc = meta["scale"]
                 dets.append({"image_id": s.image_id, "category_id": val_data.category_ids[int(cls) - 1],
                              "bbox": [x1 / sc, y1 / sc, (x2 - x1) / sc, (y2 - y1) / sc], "score": score})
     metrics = evaluate_detections(val_data.to_coco(), dets)
