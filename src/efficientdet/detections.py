@@ -20,6 +20,8 @@ class Detections:
         labels: (n,) int64, 0-based class index of the model.
         names: class name per detection. category_ids: (n,) original category id per detection.
         image_size: original (width, height). source: the file it came from, if any.
+        track_ids: (n,) int64 persistent object id per detection when a tracker set it
+            (:class:`efficientdet.track.Tracker`), else ``None``.
     """
 
     boxes: np.ndarray
@@ -30,6 +32,7 @@ class Detections:
     image_size: tuple[int, int]
     source: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    track_ids: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -61,12 +64,13 @@ class Detections:
         )
 
     def to_coco(self, file_name: str | None = None, image_id: int | None = None) -> list[dict]:
-        """COCO results records: bbox [x, y, w, h] in original pixels, the weights' category ids."""
+        """COCO results records: bbox [x, y, w, h] in original pixels, the weights' category ids
+        (plus ``track_id`` when the detections were tracked)."""
         name = file_name if file_name is not None else self.source
         out = []
-        for box, score, cid, cname in zip(
+        for i, (box, score, cid, cname) in enumerate(zip(
             self.boxes.tolist(), self.scores.tolist(), self.category_ids.tolist(), self.names
-        ):
+        )):
             rec = {
                 "bbox": [round(box[0], 3), round(box[1], 3), round(box[2] - box[0], 3), round(box[3] - box[1], 3)],
                 "score": round(float(score), 5),
@@ -77,6 +81,8 @@ class Detections:
                 rec["image_id"] = image_id
             if name is not None:
                 rec["file_name"] = name
+            if self.track_ids is not None:
+                rec["track_id"] = int(self.track_ids[i])
             out.append(rec)
         return out
 

@@ -121,3 +121,24 @@ def make_detector(args: argparse.Namespace, **settings: object):
         raise ConfigError(f"{args.weights}: an exported ONNX file runs in onnxruntime; drop --backend torch")
     return Detector(args.model, weights=args.weights, device=args.device, image_size=args.image_size,
                     backend=args.backend, **settings)
+
+
+def add_tile_options(p: argparse.ArgumentParser) -> None:
+    """``--tile SIZE --tile-overlap F`` (predict, eval): sliced inference for small objects."""
+    p.add_argument("--tile", type=positive_int, default=None, metavar="SIZE",
+                   help="sliced inference: run overlapping SIZE x SIZE tiles (original pixels) plus the whole "
+                        "image and merge the boxes (small objects in large images)")
+    p.add_argument("--tile-overlap", type=_typed(float, "a number", lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
+                   default=None, help="overlap of neighbouring tiles as a fraction of --tile (default 0.2)")
+
+
+def tiled(detector, args: argparse.Namespace, max_det: int):
+    """``detector`` wrapped in a :class:`~efficientdet.inference.tiling.TiledDetector` when ``--tile`` is given."""
+    if args.tile is None:
+        if args.tile_overlap is not None:
+            raise ConfigError("--tile-overlap needs --tile SIZE")
+        return detector
+    from ..inference.tiling import TiledDetector
+
+    overlap = 0.2 if args.tile_overlap is None else args.tile_overlap
+    return TiledDetector(detector, tile=args.tile, overlap=overlap, max_det=max_det)

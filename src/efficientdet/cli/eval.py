@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..inference.config import DEFAULTS
-from .common import add_model_options, make_detector, positive_int
+from .common import add_model_options, add_tile_options, make_detector, positive_int, tiled
 
 
 def run(args: argparse.Namespace) -> int:
@@ -18,6 +18,8 @@ def run(args: argparse.Namespace) -> int:
     if args.predictions:
         if args.images or args.weights:
             raise ConfigError("--predictions scores a results file: do not pass --images/--weights with it")
+        if args.tile is not None:
+            raise ConfigError("--tile runs a model: it does not apply to --predictions")
         preds = load_predictions(args.predictions, args.annotations)
         metrics = evaluate_detections(args.annotations, preds, backend=args.coco_backend)
         if getattr(preds, "num_unmatched", 0):
@@ -34,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
             print(data.report.summary(), file=sys.stderr)
         detector = make_detector(args, score_threshold=DEFAULTS.score_threshold,
                                  max_det=DEFAULTS.max_det, soft_nms=args.soft_nms or None)
+        detector = tiled(detector, args, DEFAULTS.max_det)
         metrics, dets = evaluate_model(detector, data, batch_size=args.batch_size, backend=args.coco_backend,
                                        show_progress=sys.stderr.isatty())
         if args.save_predictions:
@@ -60,4 +63,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strict", action="store_true", help="fail on any annotation problem instead of skipping")
     p.add_argument("--coco-backend", choices=("pycocotools", "faster-coco-eval"), default="pycocotools")
     p.add_argument("--save-predictions", help="also write the model's detections (COCO results JSON)")
+    add_tile_options(p)
     p.set_defaults(func=run)

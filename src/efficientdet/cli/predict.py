@@ -10,7 +10,10 @@ from pathlib import Path
 
 from ..errors import ConfigError, EfficientDetError
 from ..inference.config import PREDICT
-from .common import add_model_options, expand_sources, make_detector, positive_int, unit_float
+from .common import add_model_options, add_tile_options, expand_sources, make_detector, positive_int, tiled, unit_float
+
+#: the tracker's low-score threshold: with --track, detections down to it extend existing tracks
+TRACK_LOW = 0.1
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,8 +25,10 @@ def run(args: argparse.Namespace) -> int:
     if not items and not videos:
         raise ConfigError("no images to predict on; pass image files, directories or globs (or a video, a stream "
                           "URL, an image-sequence pattern, --source 0 for a webcam)")
-    detector = make_detector(args, score_threshold=args.score_threshold, iou_threshold=args.iou,
+    threshold = min(args.score_threshold, TRACK_LOW) if args.track else args.score_threshold
+    detector = make_detector(args, score_threshold=threshold, iou_threshold=args.iou,
                              max_det=args.max_det, soft_nms=args.soft_nms or None)
+    detector = tiled(detector, args, args.max_det)
     out_dir = Path(args.out) if args.out else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -37,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..folder import predict_files
 
-    result = predict_files(detector, items, out_dir, batch_size=batch_size, on_image=report)
+    image_detector = Tracked(detector, make_tracker(args, 30.0)) if args.track else detector
+    result = predict_files(image_detector, items, out_dir, batch_size=batch_size, on_image=report)
     records, total, skipped = result.records, result.detections, len(result.skipped)
     video_code = predict_videos(args, detector, videos) if videos else 0
     if videos and not items:
@@ -78,7 +84,34 @@ def split_video_sources(args: argparse.Namespace) -> tuple[list[str], list[str]]
 
 def video_tracker(args: argparse.Namespace, source: object) -> object | None:
     """The tracker for one video source (a fresh one per source), or None: the hook for --track."""
-    return None
+    if not args.track:
+        return None
+    # the tracker sees every --vid-stride-th frame: its frame rate is the processed one
+    return make_tracker(args, float(getattr(source, "fps", None) or 30.0) / args.vid_stride)
+
+
+def make_tracker(args: argparse.Namespace, frame_rate: float):
+    """``--track``: a ByteTrack-style :class:`~efficientdet.track.Tracker`; detections from ``TRACK_LOW`` up
+    extend tracks, from ``max(0.5, --score-threshold)`` up may start them."""
+    from ..track import Tracker
+
+    return Tracker(track_thresh=max(0.5, args.score_threshold), low_thresh=min(TRACK_LOW, args.score_threshold),
+                   frame_rate=frame_rate)
+
+
+class Tracked:
+    """``--track`` on images: the detector's results passed through one tracker, in input order (the images
+    are the frames of one sequence); only detections of confirmed tracks are kept, with ``track_ids``."""
+
+    def __init__(self, detector: object, tracker: object) -> None:
+        self.detector, self.tracker = detector, tracker
+
+    @property
+    def device(self) -> object:
+        return getattr(self.detector, "device", "cpu")
+
+    def __call__(self, images: object, batch_size: int = 1) -> list:
+        return [self.tracker.update(det) for det in self.detector(images, batch_size=batch_size)]
 
 
 def predict_videos(args: argparse.Namespace, detector: object, videos: list[str]) -> int:
@@ -149,6 +182,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="folder for annotated images (and OUT/<stem>.mp4 for a video)")
     p.add_argument("--json", help="write detections as COCO-style results JSON (for a video: JSON Lines, one "
                                   "record per frame)")
+    add_tile_options(p)
+    p.add_argument("--track", action="store_true",
+                   help="give objects persistent ids across frames (ByteTrack-style tracker): each video, or the "
+                        "images taken as the frames of one sequence in the order given; --json records get a "
+                        "track_id")
     p.set_defaults(func=run)
 
 

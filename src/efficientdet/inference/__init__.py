@@ -7,6 +7,8 @@
   :mod:`.mkldnn` (activations fused into oneDNN convolutions); :mod:`.postprocess` (top-k, decoding,
   NMS / soft-NMS in PyTorch), :mod:`.graph` and :mod:`.onnx_export` (the same post-processing as an ONNX
   graph, for files with NMS inside).
+- :mod:`.tiling`: :class:`TiledDetector`, sliced inference (overlapping tiles + the whole image, merged)
+  around any detector, for small objects in large images.
 
 Importing this package does not import PyTorch.
 """
@@ -20,9 +22,10 @@ if TYPE_CHECKING:
     from .config import PREDICT, PostprocessConfig
     from .detector import Detector
     from .select import BACKENDS, build_runner
+    from .tiling import TiledDetector
 
 _LAZY = {"Detector": ".detector", "PostprocessConfig": ".config", "PREDICT": ".config", "BACKENDS": ".select",
-         "build_runner": ".select", "create_detector": ".select"}
+         "build_runner": ".select", "create_detector": ".select", "TiledDetector": ".tiling"}
 
 
 def __getattr__(name: str) -> Any:
@@ -40,4 +43,5 @@ def create_detector(model: Any = None, backend: str = "torch", **kwargs: Any) ->
     return Detector(model, backend=backend, **kwargs)
 
 
-__all__ = ["BACKENDS", "PREDICT", "Detector", "PostprocessConfig", "build_runner", "create_detector"]
+__all__ = ["BACKENDS", "PREDICT", "Detector", "PostprocessConfig", "TiledDetector", "build_runner",
+           "create_detector"]
