@@ -275,6 +275,7 @@ class Trainer:
         plots: list[Path] = []
         if dist.is_main() and self.cfg.plots:  # also after an interruption (the checkpoint is already saved)
             try:
+                plots += [p for p in (self.run_dir / "train_batch.png", self.run_dir / "labels.png") if p.is_file()]
                 plots += plot_curves(self.run_dir / "metrics.csv", self.run_dir)
                 if self.val_data is not None and self.last_dets is not None and self.metrics:
                     names = dict(zip(self.val_data.category_ids, self.val_data.class_names))
