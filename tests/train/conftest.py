@@ -31,6 +31,7 @@ def tiny_config(data: dict[str, Path], out: Path, val: bool = True, **changes):
         val_annotations=str(data["val_annotations"]) if val else None,
         model="efficientdet_d0", image_size=128, model_overrides=dict(TINY), epochs=2, batch_size=4, lr=0.02,
         amp=False, workers=0, out=str(out), progress=False, tensorboard=False, plots=False, deterministic=True,
+        recipe="official", anchors="default",
     )
     base.update(changes)
     return TrainConfig(**base)
@@ -41,7 +42,7 @@ def cli_args(data: dict[str, Path], out: Path, *extra: str) -> list[str]:
     args = ["train", "--model", "efficientdet_d0", "--train-images", str(data["train_images"]),
             "--train-annotations", str(data["train_annotations"]), "--image-size", "128", "--epochs", "2",
             "--batch-size", "4", "--lr", "0.02", "--no-amp", "--workers", "0", "--out", str(out), "--no-progress",
-            "--no-tensorboard", "--no-plots"]
+            "--no-tensorboard", "--no-plots", "--recipe", "official", "--anchors", "default"]
     for k, v in TINY.items():
         args += ["--model-override", f"{k}={v}"]
     return [*args, *extra]

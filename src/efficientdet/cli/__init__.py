@@ -16,7 +16,7 @@ from ..errors import EfficientDetError
 from .common import Parser
 
 #: the sub-commands, in the order ``--help`` lists them (module names in this package)
-COMMANDS = ("predict", "train", "eval", "export", "benchmark", "models", "synth", "serve")
+COMMANDS = ("predict", "train", "eval", "export", "benchmark", "models", "synth", "serve", "anchors")
 
 
 def build_parser() -> argparse.ArgumentParser:

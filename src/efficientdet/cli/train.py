@@ -36,8 +36,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``train``: one option per :class:`TrainConfig` field, plus ``--resume``."""
     p = sub.add_parser(
         "train", help="train or fine-tune a model",
-        description="Train EfficientDet (official recipe: SGD, lr 0.08 per 64 images, warm-up + cosine, EMA). "
-        "--batch-size is the GLOBAL batch over all torchrun processes. Run folder: runs/train/expN.")
+        description="Train EfficientDet. --recipe auto (default) fits optimiser, lr, warm-up, EMA and scale "
+        "jitter to the schedule, data size and pretrained weights; --recipe official is the paper's (SGD, lr 0.08 "
+        "per 64 images, EMA 0.9998, jitter 0.1-2.0); options given explicitly win. --anchors auto (default) fits "
+        "the anchors to the training boxes when that raises recall. --batch-size is the GLOBAL batch over all "
+        "torchrun processes. Run folder: runs/train/expN.")
     for f in dataclasses.fields(TrainConfig):
         meta = f.metadata
         flags = [meta.get("flag") or "--" + f.name.replace("_", "-"), *meta.get("aliases", ())]

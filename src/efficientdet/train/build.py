@@ -68,6 +68,42 @@ def build_data(cfg: TrainConfig) -> tuple[DetectionData, DetectionData | None]:
     return train_data, val_data
 
 
+def resolve_recipe(cfg: TrainConfig, num_images: int) -> TrainConfig:
+    """Fill the recipe's fields (``cfg.resolve``) and log the choice and the options that overrode it."""
+    resolved, recipe = cfg.resolve(num_images)
+    explicit = cfg.explicit()
+    log(recipe.describe() + (f"; given explicitly: {', '.join(f'{k}={getattr(cfg, k)}' for k in explicit)}"
+                             if explicit else ""))
+    return resolved
+
+
+def resolve_anchors(cfg: TrainConfig, data: DetectionData) -> TrainConfig:
+    """Measure the anchors on the training boxes; with ``anchors=auto`` take a better fitting
+    ``anchor_scale`` / ``aspect_ratios`` into ``model_overrides`` (so the checkpoint's model config, and
+    everything that loads it, uses them). Anchors given as model overrides, or coming with ``--weights``,
+    are kept (measured only); with ``--weights`` nothing is measured. Warns when recall stays poor."""
+    from ..anchor_fit import plan_anchors
+    from ..variants import get_config
+
+    if cfg.weights is not None:  # the weights bring their anchors (and their model config)
+        return cfg
+    overrides = dict(cfg.model_overrides)
+    if cfg.image_size is not None:
+        overrides["image_size"] = cfg.image_size
+    config = get_config(cfg.model, **overrides)
+    fixed = "anchor_scale" in overrides or "aspect_ratios" in overrides
+    plan = plan_anchors(data, config, mode="default" if fixed or cfg.anchors != "auto" else "auto")
+    for line in plan.messages:
+        log(line)
+    if cfg.anchors == "auto" and fixed:
+        log("anchors auto: keeping the anchors given with --model-override")
+    if plan.warning:
+        log(plan.warning)
+    if plan.overrides:
+        return cfg.replace(model_overrides={**cfg.model_overrides, **plan.overrides})
+    return cfg
+
+
 def build_model(cfg: TrainConfig, data: DetectionData, device: torch.device, resuming: bool) -> EfficientDet:
     """The model with the data set's labels, initial weights (none when resuming: they come from last.pt),
     frozen parts, memory format and activation recomputation."""

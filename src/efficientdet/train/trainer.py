@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -24,7 +25,18 @@ from ..errors import ConfigError, TrainingStopped
 from ..loss import DetectionLoss
 from ..weights import load_checkpoint, save_checkpoint
 from . import distributed as dist
-from .build import amp_dtype, build_data, build_device, build_loader, build_model, build_state, log, wrap_distributed
+from .build import (
+    amp_dtype,
+    build_data,
+    build_device,
+    build_loader,
+    build_model,
+    build_state,
+    log,
+    resolve_anchors,
+    resolve_recipe,
+    wrap_distributed,
+)
 from .config import TrainConfig
 from .resume import resolve_resume, run_dir_of
 from .run_dir import MetricsLog, image_grid, next_run_dir, plot_curves, plot_pr
@@ -63,10 +75,13 @@ class Trainer:
             cfg = TrainConfig.from_dict(saved["config"])
         if runtime:  # options that do not change the result (workers, device, progress)
             cfg = cfg.replace(**runtime)
-        self.cfg = cfg
         self._was_deterministic = torch.are_deterministic_algorithms_enabled()
         self.device = build_device(cfg)
         self.train_data, self.val_data = build_data(cfg)
+        if ckpt is None:  # a new run: recipe and anchors are decided once, then saved in config.yaml
+            cfg = resolve_recipe(cfg, len(self.train_data))
+            cfg = resolve_anchors(cfg, self.train_data)
+        self.cfg = cfg
         self.model = build_model(cfg, self.train_data, self.device, resuming=ckpt is not None)
         self.steps_per_epoch = len(self.train_data) // cfg.batch_size
         self.amp = amp_dtype(cfg, self.device)
@@ -145,8 +160,10 @@ class Trainer:
                    disable=not (cfg.progress and dist.is_main()), dynamic_ncols=True, leave=True)
         tick = time.perf_counter()
         for images, targets in self.loader:
+            if s.step == 0 and cfg.plots and dist.is_main():
+                self._save_train_batch(images, targets)
             self.set_train_mode()
-            terms = train_step(s, self.setup, images, targets)
+            terms = train_step(s, self.setup, images, targets, cfg.accumulate)
             s.step += 1
             s.batch_in_epoch += 1
             if terms is None:
@@ -201,7 +218,10 @@ class Trainer:
             log(f"training {c.name} ({c.image_size}px, {c.num_classes} classes) "
                  f"for {cfg.epochs} epochs x {self.steps_per_epoch} steps, global batch {cfg.batch_size} on "
                  f"{dist.world_size()} process(es), {self.device}, amp={'on' if self.amp else 'off'}, "
-                 f"peak lr {cfg.peak_lr:g}; run folder {self.run_dir}")
+                 f"peak lr {cfg.peak_lr:g}" + (f", {cfg.accumulate} micro-batches per step" if cfg.accumulate > 1
+                                               else "") + f"; run folder {self.run_dir}")
+            if self.state.step == 0 and cfg.plots and dist.is_main():
+                self._save_label_statistics()
             while self.state.epoch < cfg.epochs:
                 t0 = time.perf_counter()
                 losses = self.train_one_epoch()
@@ -255,6 +275,7 @@ class Trainer:
         plots: list[Path] = []
         if dist.is_main() and self.cfg.plots:  # also after an interruption (the checkpoint is already saved)
             try:
+                plots += [p for p in (self.run_dir / "train_batch.png", self.run_dir / "labels.png") if p.is_file()]
                 plots += plot_curves(self.run_dir / "metrics.csv", self.run_dir)
                 if self.val_data is not None and self.last_dets is not None and self.metrics:
                     names = dict(zip(self.val_data.category_ids, self.val_data.class_names))
@@ -278,6 +299,34 @@ class Trainer:
             log("\n".join(lines))
         dist.barrier()
         return result
+
+    def _save_train_batch(self, images: torch.Tensor, targets: list[dict]) -> None:
+        """``train_batch.png``: the first augmented batch as the network sees it, with its boxes."""
+        from .visuals import save_train_batch
+
+        c = self.model.config
+        try:
+            save_train_batch(images, targets, c.mean, c.std, list(self.train_data.class_names),
+                             self.run_dir / "train_batch.png")
+        except Exception as exc:  # a picture must never stop a run
+            log(f"warning: train_batch.png not written ({type(exc).__name__}: {exc})")
+
+    def _save_label_statistics(self) -> None:
+        """``labels.png``: boxes per class and box sizes against the anchor sizes, at the input size."""
+        from ..anchor_fit import input_boxes
+        from .visuals import anchor_shapes, save_label_statistics
+
+        c = self.model.config
+        try:
+            boxes = input_boxes(self.train_data, c.image_size)
+            labels = [smp.labels[~smp.iscrowd] for smp in self.train_data.samples]
+            save_label_statistics(boxes, np.concatenate(labels) if labels else np.zeros(0, np.int64),
+                                  list(self.train_data.class_names),
+                                  anchor_shapes(c.image_size, c.min_level, c.max_level, c.anchor_scale,
+                                                c.num_scales, c.aspect_ratios),
+                                  self.run_dir / "labels.png", c.image_size)
+        except Exception as exc:
+            log(f"warning: labels.png not written ({type(exc).__name__}: {exc})")
 
     def _val_grid(self, count: int = 8) -> Path:
         from ..images import load_image
