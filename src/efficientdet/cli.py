@@ -233,11 +233,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     for cfg in configs:
         m = measure(cfg)
         n_anchors = len(generate_anchors(cfg.image_size, cfg.min_level, cfg.max_level, cfg.anchor_scale,
-                                         cfg.num_scales, cfg.aspect_ratios))
+                                         cfg.num_scales, cfg.aspect_ratios)) if cfg.detect else 0
         rows.append({"name": cfg.name, "input_size": cfg.image_size, "params": m["params"], "flops": m["flops"],
                      "paper_flops": cfg.paper_flops, "backbone": cfg.backbone, "fpn_channels": cfg.fpn_channels,
                      "fpn_layers": cfg.fpn_layers, "head_layers": cfg.head_layers, "fusion": cfg.fusion,
-                     "anchors": n_anchors, "published_weights": PUBLISHED_FILES.get(cfg.name),
+                     "anchors": n_anchors, "tasks": list(cfg.tasks), "levels": [cfg.min_level, cfg.max_level],
+                     "paper_params": cfg.reference_params if cfg.seg_head else None,
+                     "published_weights": PUBLISHED_FILES.get(cfg.name),
                      "coco_ap": PUBLISHED_AP.get(cfg.name)})
     if args.json:
         print(json.dumps(rows, indent=1))
