@@ -316,6 +316,13 @@ def _add_eval(sub) -> None:
 def cmd_synth(args: argparse.Namespace) -> int:
     from .data.synth import make_synthetic_dataset
 
+    if args.task == "segment":
+        from .data.synth_seg import make_synthetic_segmentation
+
+        seg = make_synthetic_segmentation(args.out_dir, num_train=args.num_train, num_val=args.num_val, seed=args.seed)
+        print(f"synthetic segmentation set (VOC layout) in {seg['root']}: images {seg['images']}, masks "
+              f"{seg['masks']}, splits {seg['train_list'].parent}, class names {seg['labels']}")
+        return 0
     paths = make_synthetic_dataset(args.out_dir, num_train=args.num_train, num_val=args.num_val, seed=args.seed)
     print(f"synthetic data set in {paths['root']}: train {paths['train_images']} + {paths['train_annotations']}, "
           f"val {paths['val_images']} + {paths['val_annotations']}")
@@ -329,6 +336,8 @@ def _add_synth(sub) -> None:
     p.add_argument("--num-train", type=non_negative_int, default=200)
     p.add_argument("--num-val", type=non_negative_int, default=50)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--task", choices=("detect", "segment"), default="detect",
+                   help="detect: COCO-format boxes; segment: Pascal VOC segmentation layout (palette PNG masks)")
     p.set_defaults(func=cmd_synth)
 
 
