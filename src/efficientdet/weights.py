@@ -66,6 +66,7 @@ class Checkpoint:
     class_names: list[str | None] | None = None
     category_ids: list[int] | None = None
     extra: dict | None = None  # training state (optimizer, EMA, epoch ...) when present
+    seg_class_names: list[str] | None = None  # segmentation classes (background first), when it has a seg head
 
     @property
     def num_classes(self) -> int:
@@ -214,7 +215,8 @@ def load_checkpoint(spec: str | Path) -> Checkpoint:
         if meta.get("format") == FORMAT:
             info = json.loads(meta.get("info", "{}"))
             return Checkpoint(
-                tensors, path, FORMAT, info.get("config"), info.get("class_names"), info.get("category_ids")
+                tensors, path, FORMAT, info.get("config"), info.get("class_names"), info.get("category_ids"),
+                seg_class_names=info.get("seg_class_names"),
             )
         obj: object = tensors
     else:
@@ -225,7 +227,8 @@ def load_checkpoint(spec: str | Path) -> Checkpoint:
         if not isinstance(obj.get("model"), dict):
             raise WeightsError(f"{path}: checkpoint has no 'model' weights; it is incomplete: use another checkpoint")
         return Checkpoint(
-            obj["model"], path, FORMAT, obj.get("config"), obj.get("class_names"), obj.get("category_ids"), extra=obj
+            obj["model"], path, FORMAT, obj.get("config"), obj.get("class_names"), obj.get("category_ids"), extra=obj,
+            seg_class_names=obj.get("seg_class_names"),
         )
     if "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
@@ -308,6 +311,8 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, extra: dict | None
         "class_names": list(model.class_names),
         "category_ids": [int(i) for i in model.category_ids],
     }
+    if getattr(model, "seg_class_names", None):
+        info["seg_class_names"] = list(model.seg_class_names)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:

@@ -19,9 +19,10 @@ from efficientdet.data.segmentation import (
     read_mask,
     read_segmentation,
 )
-from efficientdet.data.synth_seg import make_synthetic_segmentation, save_palette_mask
+from efficientdet.data.synth_seg import make_synthetic_segmentation
 from efficientdet.data.transforms import EvalTransform, TrainTransform
 from efficientdet.errors import DataError
+from efficientdet.masks import save_palette_mask
 
 SMALL = ((48, 64), (40, 56))
 

@@ -23,33 +23,11 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from ..errors import ConfigError
+from ..masks import save_palette_mask
 from .synth import CATEGORIES, _background, _rgb, _shape_mask
 from .transforms import IGNORE_INDEX
 
 SEG_CLASSES: tuple[str, ...] = ("background",) + tuple(name for name, _ in CATEGORIES)
-
-
-def voc_palette() -> list[int]:
-    """The Pascal VOC colour map (768 values): the bits of each index spread over R, G and B."""
-    palette = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette += [r, g, b]
-    return palette
-
-
-def save_palette_mask(mask: np.ndarray, path: str | Path) -> Path:
-    """Write an (H, W) uint8 class map as a VOC-coloured palette PNG (the indices are the pixel values)."""
-    image = Image.fromarray(np.asarray(mask, np.uint8), "P")
-    image.putpalette(voc_palette())
-    image.save(path, format="PNG", optimize=False)
-    return Path(path)
 
 
 def _render(rng: np.random.Generator, w: int, h: int, max_objects: int, min_size: float,
