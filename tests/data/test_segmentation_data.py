@@ -155,6 +155,11 @@ def test_coco_polygons_rle_and_crowd_rasterised(tmp_path):
     np.testing.assert_array_equal(mask[2:6, 30:38], 2)  # RLE object, exact
     assert (mask[24:] == 255).all()  # crowd region ignored
     assert mask[0, 39] == 0 and mask.shape == (30, 40)
+    # the same file also gives the detection view (joint training): boxes, labels, crowd flags
+    assert data.detection is not None and data.detection.class_names == ["cat", "dog"]
+    target = SegmentationDataset(data, EvalTransform(64)).target(0)
+    assert len(target["boxes"]) == 4 and target["labels"].tolist() == [0, 1, 1, 0]
+    assert target["iscrowd"].tolist() == [False, False, True, False] and target["mask"].shape == (30, 40)
 
 
 def test_train_transform_moves_mask_with_image(tmp_path):

@@ -36,7 +36,7 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import DataError
 from .common import check_dir, check_image, find_image, list_images
 from .dataset import DetectionDataset
-from .records import LoadReport
+from .records import DetectionData, LoadReport, Sample
 from .transforms import IGNORE_INDEX
 
 VOC_CLASSES: tuple[str, ...] = (
@@ -56,6 +56,7 @@ class SegSample:
         width, height: the image's size in pixels (after EXIF orientation), which the mask has.
         mask_path: the PNG of class indices, or None for COCO.
         objects: COCO only: ``[(class index, segmentation, iscrowd, area), ...]``.
+        det: COCO only: the image's detection sample (boxes, labels, crowd flags) for joint training.
     """
 
     image_id: int
@@ -65,11 +66,13 @@ class SegSample:
     height: int
     mask_path: Path | None = None
     objects: list[tuple[int, Any, bool, float]] | None = None
+    det: Sample | None = None
 
     @property
     def boxes(self) -> np.ndarray:
-        """No boxes (lets :class:`SegmentationDataset` reuse the detection dataset's reading)."""
-        return np.zeros((0, 4), np.float32)
+        """The detection boxes (COCO sources), else none: :class:`SegmentationDataset` reuses the detection
+        dataset's reading."""
+        return self.det.boxes if self.det is not None else np.zeros((0, 4), np.float32)
 
     def load_mask(self) -> np.ndarray:
         """The (H, W) uint8 class-index mask at the original size."""
@@ -80,12 +83,17 @@ class SegSample:
 
 @dataclass
 class SegmentationData:
-    """A segmentation data set: samples, class names (background first) and what was skipped."""
+    """A segmentation data set: samples, class names (background first) and what was skipped.
+
+    ``detection``: for COCO sources, the same images as :class:`~.records.DetectionData` (same order),
+    so one data set trains and evaluates a joint detection + segmentation model.
+    """
 
     samples: list[SegSample]
     class_names: list[str]
     report: LoadReport = field(default_factory=LoadReport)
     source: str = ""
+    detection: DetectionData | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -107,8 +115,11 @@ class SegmentationDataset(DetectionDataset):
 
     def target(self, index: int) -> dict[str, Any]:
         s = self.samples[index]
-        empty = np.zeros((0,), np.int64)
-        return {"boxes": s.boxes, "labels": empty, "iscrowd": empty.astype(bool), "image_id": s.image_id,
+        if s.det is not None:
+            labels, iscrowd = s.det.labels, s.det.iscrowd
+        else:
+            labels, iscrowd = np.zeros((0,), np.int64), np.zeros((0,), bool)
+        return {"boxes": s.boxes, "labels": labels, "iscrowd": iscrowd, "image_id": s.image_id,
                 "mask": s.load_mask()}
 
 
@@ -316,9 +327,9 @@ def read_coco_segmentation(images_dir: str | Path, annotation_file: str | Path, 
     if len(class_names) != det.num_classes + 1:
         raise DataError(f"{annotation_file}: {det.num_classes} categories need {det.num_classes + 1} class names "
                         f"(background first), got {len(class_names)}")
-    samples = [SegSample(s.image_id, s.file_name, s.path, s.width, s.height, objects=by_image.get(s.image_id, []))
-               for s in det.samples]
-    return SegmentationData(samples, class_names, report, str(annotation_file))
+    samples = [SegSample(s.image_id, s.file_name, s.path, s.width, s.height, objects=by_image.get(s.image_id, []),
+                         det=s) for s in det.samples]
+    return SegmentationData(samples, class_names, report, str(annotation_file), detection=det)
 
 
 def _labels_file(folder: Path) -> list[str] | None:
