@@ -81,21 +81,27 @@ def _plt():
 
 
 def plot_curves(metrics_csv: Path, out_dir: Path) -> list[Path]:
-    """``loss.png`` (total/cls/box vs epoch) and ``ap.png`` (AP, AP50, AP75 vs epoch)."""
+    """``loss.png`` (total/cls/box/seg vs epoch), ``ap.png`` (AP, AP50, AP75 vs epoch) and ``miou.png``
+    (mIoU, pixel and mean accuracy vs epoch); a plot without any value (e.g. AP of a segmentation run)
+    is not written."""
     rows = read_metrics(metrics_csv)
     if not rows:
         return []
     plt = _plt()
     epochs = [r["epoch"] for r in rows]
     written = []
-    for name, keys in (("loss", ("loss", "cls_loss", "box_loss")), ("ap", ("AP", "AP50", "AP75"))):
+    titles = {"loss": "training loss", "ap": "validation AP (EMA weights)", "miou": "validation mIoU (EMA weights)"}
+    for name, keys in (("loss", ("loss", "cls_loss", "box_loss", "seg_loss")), ("ap", ("AP", "AP50", "AP75")),
+                       ("miou", ("mIoU", "pixel_accuracy", "mean_accuracy"))):
+        series = {k: [r.get(k, math.nan) for r in rows] for k in keys}
+        series = {k: ys for k, ys in series.items() if any(math.isfinite(y) for y in ys)}
+        if not series:
+            continue
         fig, ax = plt.subplots(figsize=(6, 4))
-        for k in keys:
-            ys = [r.get(k, math.nan) for r in rows]
-            if any(math.isfinite(y) for y in ys):
-                ax.plot(epochs, ys, marker="o", label=k)
+        for k, ys in series.items():
+            ax.plot(epochs, ys, marker="o", label=k)
         ax.set_xlabel("epoch")
-        ax.set_title("training loss" if name == "loss" else "validation AP (EMA weights)")
+        ax.set_title(titles[name])
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
