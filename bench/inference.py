@@ -100,7 +100,7 @@ def peak_rss_mb(threads: int, weights: Path) -> tuple[float, float]:
     """
     code = HWM_CODE + (
         f"import torch; torch.set_num_threads({threads})\n"
-        "from efficientdet import Detector\nfrom efficientdet.export.benchmark import sample_image\n"
+        "from efficientdet import Detector\nfrom efficientdet.benchmark import sample_image\n"
         "base = hwm()\n"
         f"d = Detector('d0', weights={str(weights)!r}, score_threshold=0.001); img = sample_image()\n"
         "for _ in range(3): d(img)\n"
@@ -158,8 +158,8 @@ def main() -> None:
         tune_malloc()
     torch.set_num_threads(args.threads)
     from efficientdet import Detector
+    from efficientdet.benchmark import sample_image
     from efficientdet.complexity import measure
-    from efficientdet.export.benchmark import sample_image
     from efficientdet.export.onnx import export_onnx
     from efficientdet.variants import get_config
 
@@ -183,15 +183,13 @@ def main() -> None:
     for thr in (0.001, 0.25):  # post-processing alone on the network's real outputs
         det = Detector("d0", weights=weights, score_threshold=thr)
         batch, scales, sizes = det.preprocess([img])
-        cls, box = det.forward_network(batch)
-        with torch.inference_mode():
-            res[f"postprocess_thr{thr}_ms"] = timeit(
-                lambda d=det, c=cls, b=box, s=scales, z=sizes: d.postprocess_outputs(c, b, s, z),
-                args.runs, args.warmup)
+        outputs = det.forward_network(batch)
+        res[f"postprocess_thr{thr}_ms"] = timeit(
+            lambda d=det, o=outputs, s=scales, z=sizes: d.postprocess_outputs(o, s, z), args.runs, args.warmup)
     x = torch.randn(1, 3, size, size)
     with torch.inference_mode():
         xc = x.contiguous(memory_format=torch.channels_last)
-        res["ours_network_torch_ms"] = timeit(lambda: ours.network(xc), args.runs, args.warmup)
+        res["ours_network_torch_ms"] = timeit(lambda: ours.runner.network(xc), args.runs, args.warmup)
         res["ours_network_unfused_torch_ms"] = timeit(lambda: ours.model(x), args.runs, args.warmup)
         res["effdet_network_torch_ms"] = timeit(lambda: net(x), args.runs, args.warmup)
     with tempfile.TemporaryDirectory() as tmp:
@@ -203,7 +201,7 @@ def main() -> None:
         s_ours, s_eff = ort_session(ours_onnx, args.threads), ort_session(effdet_onnx, args.threads)
         res["ours_network_ort_ms"] = timeit(lambda: s_ours.run(None, feed), args.runs, args.warmup)
         res["effdet_network_ort_ms"] = timeit(lambda: s_eff.run(None, feed), args.runs, args.warmup)
-    from efficientdet.export.runtime import create_detector
+    from efficientdet.inference import create_detector
 
     ort_det = create_detector("d0", backend="onnxruntime", weights=weights, score_threshold=0.001,
                               threads=args.threads)

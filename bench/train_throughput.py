@@ -49,7 +49,7 @@ def _ours(variant: str):
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if "ckpt" in variant:  # recompute the stem + first N backbone stages in backward (e.g. ckpt2)
-        model.checkpoint_stages = int(variant.split("ckpt")[1][:1] or 2)
+        model.recompute_stages = int(variant.split("ckpt")[1][:1] or 2)
     cfg = model.config
     anchors = generate_anchors(SIZE, cfg.min_level, cfg.max_level, cfg.anchor_scale, cfg.num_scales, cfg.aspect_ratios)
     loss_fn = DetectionLoss(90)

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from efficientdet.postprocess import PostprocessConfig, Postprocessor, soft_nms_gaussian
+from efficientdet.inference.postprocess import PostprocessConfig, Postprocessor, soft_nms_gaussian
 
 # three anchors: 0 and 1 overlap with IoU 0.6 (100x100 boxes shifted by 25 px), 2 is far away
 ANCHORS = torch.tensor([[0.0, 0.0, 100.0, 100.0], [25.0, 0.0, 125.0, 100.0], [300.0, 300.0, 400.0, 400.0]])

@@ -54,7 +54,7 @@ def test_round_trip_keeps_classes_and_config(tmp_path):
     for suffix in (".pt", ".safetensors"):
         path = save_checkpoint(tmp_path / f"m{suffix}", model)
         loaded = create_model("d0", weights=path)
-        assert loaded.class_names == ["cat", "dog"] and loaded.category_ids == [3, 7]
+        assert loaded.labels.names == ("cat", "dog") and loaded.labels.category_ids == (3, 7)
         assert loaded.config == model.config
         for k, v in model.state_dict().items():
             assert torch.equal(v, loaded.state_dict()[k]), k

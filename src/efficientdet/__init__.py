@@ -26,14 +26,14 @@ from .errors import ConfigError, DataError, EfficientDetError, WeightsError
 
 if TYPE_CHECKING:
     from .detections import Detections
-    from .detector import Detector
     from .factory import create_model
+    from .inference.detector import Detector
     from .model.efficientdet import EfficientDet
     from .variants import ModelConfig, compound_scaling, get_config, list_models
 
 _LAZY = {
     "Detections": ".detections",
-    "Detector": ".detector",
+    "Detector": ".inference.detector",
     "create_model": ".factory",
     "EfficientDet": ".model.efficientdet",
     "ModelConfig": ".variants",

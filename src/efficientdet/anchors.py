@@ -61,3 +61,12 @@ def generate_anchors(
         boxes = np.stack([cx - hw[:, 0], cy - hw[:, 1], cx + hw[:, 0], cy + hw[:, 1]], axis=-1)  # (HW, A, 4)
         per_level.append(boxes.reshape(-1, 4))
     return torch.from_numpy(np.concatenate(per_level, axis=0)).float()
+
+
+def anchors_for(config: object, image_size: int | tuple[int, int] | None = None) -> torch.Tensor:
+    """The (N, 4) xyxy anchors of a :class:`~efficientdet.variants.ModelConfig` (or its ``to_dict()``) at its
+    input size (or ``image_size``): the one place that turns a config's anchor geometry into anchors."""
+    get = config.get if isinstance(config, dict) else lambda k: getattr(config, k)
+    return generate_anchors(image_size if image_size is not None else get("image_size"), get("min_level"),
+                            get("max_level"), get("anchor_scale"), get("num_scales"),
+                            [tuple(r) for r in get("aspect_ratios")])

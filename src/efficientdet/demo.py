@@ -31,12 +31,11 @@ def run_demo(out: str | Path = "demo_out", epochs: int = 26, num_train: int = 32
     of the best EMA weights on the validation split (``efficientdet eval`` computes the same).
     """
     from .data import make_synthetic_dataset, read_dataset
-    from .detector import Detector
     from .eval.coco import format_metrics
     from .images import load_image
+    from .inference.detector import Detector
     from .train.config import TrainConfig
-    from .train.engine import evaluate
-    from .train.trainer import train
+    from .train.trainer import evaluate, train
     from .visualize import draw_detections
 
     out = Path(out)
@@ -52,7 +51,7 @@ def run_demo(out: str | Path = "demo_out", epochs: int = 26, num_train: int = 32
         model="efficientdet_d0", image_size=image_size, model_overrides=dict(DEMO_MODEL), epochs=epochs,
         batch_size=8, optimizer="adamw", lr=4e-3, weight_decay=4e-5, warmup_epochs=1.0, ema_decay=0.9998,
         ema_warmup_steps=200.0, scale_min=0.6, scale_max=1.4, amp=False, workers=workers, seed=seed,
-        checkpoint_stages=0,  # a 192 px model needs little memory: no recomputation
+        recompute_stages=0,  # a 192 px model needs little memory: no recomputation
         out=str(out / "run"), val_interval=max(1, epochs // 3), tensorboard=True, plots=True,
     )
     t1 = time.perf_counter()

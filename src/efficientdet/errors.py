@@ -27,6 +27,12 @@ class WeightsError(EfficientDetError):
     """A checkpoint that cannot be used (truncated, unsafe, wrong model, not downloadable)."""
 
 
+class TrainingStopped(EfficientDetError):
+    """Training cannot go on (diverged: too many non-finite steps, or non-finite weights)."""
+
+    exit_code = 1
+
+
 def closest(name: str, choices: list[str] | tuple[str, ...]) -> str:
     """Return ' (did you mean X?)' for the closest valid name, or '' when nothing is close."""
     import difflib

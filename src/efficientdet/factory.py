@@ -7,13 +7,10 @@ from pathlib import Path
 import torch
 
 from .errors import WeightsError
+from .labels import LabelMap
 from .model.efficientdet import EfficientDet
 from .variants import ModelConfig, get_config
 from .weights import Checkpoint, architecture_mismatch, load_checkpoint
-
-
-def default_class_info(num_classes: int) -> tuple[list[str | None], list[int]]:
-    return [f"class{i}" for i in range(num_classes)], list(range(1, num_classes + 1))
 
 
 def create_model(
@@ -41,7 +38,7 @@ def create_model(
         seg_class_names: segmentation class names, background first (models with a ``seg_head``).
         overrides: any :class:`ModelConfig` field (``image_size``, ``feature_network``, ``fusion`` ...).
 
-    The model carries ``config``, ``class_names`` and ``category_ids`` attributes, and
+    The model carries its ``config`` and a :class:`~efficientdet.labels.LabelMap` as ``labels``, and
     ``seg_class_names`` (``None`` without a segmentation head).
     """
     ckpt: Checkpoint | None = load_checkpoint(weights) if weights is not None else None
@@ -63,21 +60,20 @@ def create_model(
         if ckpt is not None:
             cfg = cfg.replace(num_classes=ckpt.num_classes)
     model = EfficientDet(cfg, pretrained_backbone=pretrained_backbone if ckpt is None else False)
-    names, ids = default_class_info(cfg.num_classes)
+    labels = LabelMap.default(cfg.num_classes)
     if ckpt is not None:
         load_state(model, ckpt)
-        names = ckpt.class_names or names
-        ids = ckpt.category_ids or ids
+        labels = ckpt.labels or labels
     if num_classes is not None and num_classes != cfg.num_classes:
         model.reset_classes(num_classes)
-        names, ids = default_class_info(num_classes)
-    model.class_names = list(class_names) if class_names is not None else list(names)
-    model.category_ids = list(category_ids) if category_ids is not None else list(ids)
-    if len(model.class_names) != model.config.num_classes or len(model.category_ids) != model.config.num_classes:
-        raise WeightsError(
-            f"{len(model.class_names)} class names / {len(model.category_ids)} category ids for "
-            f"{model.config.num_classes} classes; give one per class"
-        )
+        labels = LabelMap.default(num_classes)
+    if class_names is not None or category_ids is not None:
+        labels = LabelMap(tuple(class_names) if class_names is not None else labels.names,
+                          tuple(int(i) for i in category_ids) if category_ids is not None else labels.category_ids)
+    if len(labels) != model.config.num_classes:
+        raise WeightsError(f"{len(labels)} class names / category ids for {model.config.num_classes} classes; "
+                           "give one per class")
+    model.labels = labels
     _set_seg_class_names(model, seg_class_names, ckpt)
     return model
 

@@ -1,7 +1,7 @@
 """The EfficientDet family as data: one frozen, typed row per variant.
 
 The official rows (D0-D7x, Lite0-Lite4) are copied from the paper and the reference
-implementations (see SPEC.md §1); they round and break the compound-scaling formulas in places,
+implementations; they round and break the compound-scaling formulas in places,
 so they are data, not formula output. :func:`compound_scaling` builds a row for any φ from the
 paper's formulas, and :func:`get_config` resolves a name (with aliases) and applies overrides.
 """

@@ -26,6 +26,7 @@ import torch
 
 from .coco_classes import coco90_classes
 from .errors import WeightsError
+from .labels import LabelMap
 from .variants import canonical_name
 
 FORMAT = "efficientdet"
@@ -63,8 +64,7 @@ class Checkpoint:
     path: Path
     kind: str  # "efficientdet" or "effdet"
     config: dict | None = None  # ModelConfig.to_dict() for this project's checkpoints
-    class_names: list[str | None] | None = None
-    category_ids: list[int] | None = None
+    labels: LabelMap | None = None  # names and category ids when the file has them
     extra: dict | None = None  # training state (optimizer, EMA, epoch ...) when present
     seg_class_names: list[str] | None = None  # segmentation classes (background first), when it has a seg head
 
@@ -207,6 +207,15 @@ def is_effdet_state_dict(state: dict) -> bool:
     return any(k.startswith("fpn.cell.") for k in state) and any(k.startswith("class_net.conv_rep") for k in state)
 
 
+def _labels(info: dict) -> LabelMap | None:
+    """The label map a checkpoint's ``class_names`` / ``category_ids`` entries describe, if any."""
+    names, ids = info.get("class_names"), info.get("category_ids")
+    if not names and not ids:
+        return None
+    n = len(names or ids)
+    return LabelMap.create(names or None, ids or None, n)
+
+
 def load_checkpoint(spec: str | Path) -> Checkpoint:
     """Read a weights file (see module docstring) into this project's layout, safely."""
     path = resolve_weights(spec)
@@ -214,10 +223,8 @@ def load_checkpoint(spec: str | Path) -> Checkpoint:
         tensors, meta = _load_safetensors(path)
         if meta.get("format") == FORMAT:
             info = json.loads(meta.get("info", "{}"))
-            return Checkpoint(
-                tensors, path, FORMAT, info.get("config"), info.get("class_names"), info.get("category_ids"),
-                seg_class_names=info.get("seg_class_names"),
-            )
+            return Checkpoint(tensors, path, FORMAT, info.get("config"), _labels(info),
+                              seg_class_names=info.get("seg_class_names"))
         obj: object = tensors
     else:
         obj = _torch_load(path)
@@ -226,17 +233,15 @@ def load_checkpoint(spec: str | Path) -> Checkpoint:
     if obj.get("format") == FORMAT:
         if not isinstance(obj.get("model"), dict):
             raise WeightsError(f"{path}: checkpoint has no 'model' weights; it is incomplete: use another checkpoint")
-        return Checkpoint(
-            obj["model"], path, FORMAT, obj.get("config"), obj.get("class_names"), obj.get("category_ids"), extra=obj,
-            seg_class_names=obj.get("seg_class_names"),
-        )
+        return Checkpoint(obj["model"], path, FORMAT, obj.get("config"), _labels(obj), extra=obj,
+                          seg_class_names=obj.get("seg_class_names"))
     if "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]
     if all(isinstance(v, torch.Tensor) for v in obj.values()) and is_effdet_state_dict(obj):
-        names, ids = coco90_classes() if published_file(path.name) else (None, None)
-        return Checkpoint(convert_effdet_state_dict(obj), path, "effdet", None, names, ids)
+        labels = LabelMap(*map(tuple, coco90_classes())) if published_file(path.name) else None
+        return Checkpoint(convert_effdet_state_dict(obj), path, "effdet", None, labels)
     if all(isinstance(v, torch.Tensor) for v in obj.values()) and "class_net.predict.pw.bias" in obj:
         return Checkpoint(obj, path, FORMAT)
     raise WeightsError(
@@ -300,17 +305,13 @@ def convert_effdet_state_dict(state: dict[str, torch.Tensor], bn_level_first: bo
 def save_checkpoint(path: str | Path, model: torch.nn.Module, extra: dict | None = None) -> Path:
     """Write this project's checkpoint atomically (temporary file in the same folder, then rename).
 
-    ``model`` must carry ``config``, ``class_names`` and ``category_ids`` (see ``create_model``).
+    ``model`` must carry ``config`` and ``labels`` (see ``create_model``).
     ``.safetensors`` paths store the weights and metadata only; ``.pt`` adds ``extra`` (training state).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    info = {
-        "config": model.config.to_dict(),
-        "class_names": list(model.class_names),
-        "category_ids": [int(i) for i in model.category_ids],
-    }
+    info = {"config": model.config.to_dict(), **model.labels.to_dict()}
     if getattr(model, "seg_class_names", None):
         info["seg_class_names"] = list(model.seg_class_names)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -12,14 +12,12 @@ from PIL import Image
 
 from efficientdet.data import (
     DetectionDataset,
-    EvalTransform,
     TrainTransform,
     collate,
-    make_loader,
     read_coco,
 )
 from efficientdet.errors import ConfigError
-from efficientdet.preprocess import IMAGENET_MEAN, IMAGENET_STD, fill_color, letterbox, normalize
+from efficientdet.preprocess import IMAGENET_MEAN, IMAGENET_STD, fill_color
 
 MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 
@@ -69,23 +67,6 @@ def test_scale_jitter_resizes_boxes():
     pix = _denorm(out)
     assert tuple(pix[20, 20]) == fill_color(MEAN)  # below the 32x16 image: padding
     assert tuple(pix[5, 5]) == (0, 0, 0)
-
-
-def test_eval_transform_is_letterbox():
-    rng = np.random.default_rng(0)
-    img = Image.fromarray(rng.integers(0, 255, (30, 50, 3), dtype=np.uint8))
-    tr = EvalTransform(64, MEAN, STD)
-    boxes = np.array([[1, 2, 30, 25], [0, 0, 50, 30]], np.float32)
-    out, t = tr(img, _target(boxes, crowd=[True, False]))
-    canvas, scale = letterbox(img, 64, MEAN)
-    expected = normalize(torch.from_numpy(canvas)[None], MEAN, STD)[0]
-    assert torch.equal(out, expected)
-    assert t["scale"] == scale == pytest.approx(64 / 50)
-    np.testing.assert_allclose(t["boxes"].numpy(), boxes * scale, rtol=1e-6)
-    assert t["iscrowd"].tolist() == [True, False] and t["image_id"] == 7 and t["orig_size"] == (30, 50)
-    assert t["boxes"].dtype == torch.float32 and t["labels"].dtype == torch.int64
-    out2, t2 = tr(img)  # inference: no target
-    assert torch.equal(out2, out) and t2["boxes"].shape == (0, 4)
 
 
 def test_train_transform_boxes_inside_and_consistent():
@@ -183,7 +164,7 @@ def _coco_set(tmp_path: Path) -> Path:
 
 def test_dataset_eval_and_collate(tmp_path):
     data = read_coco(tmp_path / "images", _coco_set(tmp_path), strict=True)
-    ds = DetectionDataset(data, EvalTransform(32, MEAN, STD))
+    ds = DetectionDataset(data, TrainTransform(32, MEAN, STD, scale_range=(1.0, 1.0), hflip=0.0))
     assert len(ds) == 5
     img, t = ds[4]  # the rotated one: 48x32 after EXIF, scale 32/48
     assert img.shape == (3, 32, 32) and t["orig_size"] == (32, 48) and t["scale"] == pytest.approx(2 / 3)
@@ -191,6 +172,18 @@ def test_dataset_eval_and_collate(tmp_path):
     assert t["image_id"] == 9 and t["labels"].tolist() == [0]
     images, targets = collate([ds[0], ds[1], ds[4]])
     assert images.shape == (3, 3, 32, 32) and [x["image_id"] for x in targets] == [1, 2, 9]
+
+
+def make_loader(ds, batch_size, shuffle=True, num_workers=0, seed=0):
+    """The training loader's sampling: EpochBatchSampler's (index, seed) batches of epoch 0."""
+    from torch.utils.data import DataLoader
+
+    from efficientdet.data import collate
+    from efficientdet.train.distributed import EpochBatchSampler
+
+    sampler = EpochBatchSampler(len(ds), batch_size, seed)
+    sampler.set_epoch(0)
+    return DataLoader(ds, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate)
 
 
 def test_loader_reproducible_across_workers(tmp_path):
@@ -202,12 +195,12 @@ def test_loader_reproducible_across_workers(tmp_path):
         return [(imgs, [t["image_id"] for t in ts], [t["boxes"] for t in ts]) for imgs, ts in loader]
 
     a, b, c = run(0, 123), run(2, 123), run(0, 7)
-    assert len(a) == 3 and a[0][0].shape == (2, 3, 32, 32)
+    assert len(a) == 2 and a[0][0].shape == (2, 3, 32, 32)  # the incomplete last batch is dropped
     for (ia, ida, ba), (ib, idb, bb) in zip(a, b):
         assert ida == idb and torch.equal(ia, ib) and all(torch.equal(x, y) for x, y in zip(ba, bb))
     assert [x[1] for x in a] != [x[1] for x in c] or not all(torch.equal(x[0], y[0]) for x, y in zip(a, c))
-    ids = sorted(i for _, batch_ids, _ in a for i in batch_ids)
-    assert ids == [1, 2, 3, 4, 9]
+    ids = [i for _, batch_ids, _ in a for i in batch_ids]
+    assert len(set(ids)) == 4 and set(ids) <= {1, 2, 3, 4, 9}
 
 
 def test_loader_seeds_plain_transforms_without_touching_global_rng(tmp_path):

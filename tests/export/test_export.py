@@ -12,9 +12,10 @@ import torch
 
 from efficientdet import Detector, create_model
 from efficientdet.cli import main
-from efficientdet.export.graph import RawGraph
 from efficientdet.export.onnx import read_onnx_metadata
 from efficientdet.export.torchscript import load_torchscript
+from efficientdet.inference.graph import RawGraph
+from efficientdet.labels import LabelMap
 from efficientdet.preprocess import letterbox, normalize
 
 
@@ -50,8 +51,8 @@ def test_onnx_raw_export_dynamic_batch(tmp_path, tiny_checkpoint):
     assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
     model = create_model("d0", weights=tiny_checkpoint)
     meta = read_onnx_metadata(out)
-    assert json.loads(meta["class_names"]) == model.class_names
-    assert json.loads(meta["category_ids"]) == model.category_ids
+    assert json.loads(meta["class_names"]) == list(model.labels.names)
+    assert json.loads(meta["category_ids"]) == list(model.labels.category_ids)
     assert int(meta["image_size"]) == 128 and meta["outputs"] == "raw"
     assert json.loads(meta["config"])["fpn_channels"] == 16
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
@@ -97,7 +98,7 @@ def test_torchscript_round_trip(tmp_path, tiny_checkpoint):
                  "--out", str(out)]) == 0
     module, meta = load_torchscript(out)
     model = create_model("d0", weights=tiny_checkpoint)
-    assert json.loads(meta["class_names"]) == model.class_names
+    assert json.loads(meta["class_names"]) == list(model.labels.names)
     for batch in (1, 2):
         x = torch.randn(batch, 3, 128, 128)
         with torch.no_grad():
@@ -109,31 +110,31 @@ def test_torchscript_round_trip(tmp_path, tiny_checkpoint):
 
 @pytest.mark.parametrize("soft_nms", [False, True])
 def test_onnxruntime_backend_equals_torch(tmp_path, monkeypatch, tiny_checkpoint, photo_files, soft_nms):
-    from efficientdet.export.runtime import create_detector
+    from efficientdet.inference import create_detector
 
     monkeypatch.setenv("EFFICIENTDET_CACHE", str(tmp_path / "cache"))
     kwargs = dict(weights=tiny_checkpoint, score_threshold=0.05, soft_nms=soft_nms)
     onnx_det = Detector("d0", backend="onnxruntime", **kwargs)  # the same as create_detector(...)
-    assert type(onnx_det).__name__ == "OnnxDetector"
-    assert onnx_det.onnx_path.parent == tmp_path / "cache" / "onnx" and onnx_det.onnx_path.is_file()
-    assert onnx_det.nms is (not soft_nms)  # hard NMS runs inside the exported graph
+    assert type(onnx_det.runner).__name__ == "OnnxRunner"
+    assert onnx_det.runner.path.parent == tmp_path / "cache" / "onnx" and onnx_det.runner.path.is_file()
+    assert (onnx_det.runner.outputs == "nms") is (not soft_nms)  # hard NMS runs inside the exported graph
     torch_det = create_detector("d0", backend="torch", **kwargs)
     paths = [str(p) for p in photo_files]
     for a, b in zip(onnx_det(paths, batch_size=2), torch_det(paths)):
         assert len(a) > 0
         assert_same_detections(a.boxes, a.scores, a.labels, b)
     again = create_detector("d0", backend="onnxruntime", **kwargs)  # cached: same file
-    assert again.onnx_path == onnx_det.onnx_path
+    assert again.runner.path == onnx_det.runner.path
 
 
 def test_onnxruntime_fixed_batch_splits_and_pads(tmp_path, monkeypatch, tiny_checkpoint, photo_files):
     """A graph exported for batch 2 serves 3 images: one full chunk, one zero-padded chunk."""
-    from efficientdet.export.runtime import create_detector
+    from efficientdet.inference import create_detector
 
     monkeypatch.setenv("EFFICIENTDET_CACHE", str(tmp_path / "cache"))
     kwargs = dict(weights=tiny_checkpoint, score_threshold=0.05)
     onnx_det = create_detector("d0", backend="onnxruntime", batch=2, **kwargs)
-    assert onnx_det.session.get_inputs()[0].shape[0] == 2
+    assert onnx_det.runner.session.get_inputs()[0].shape[0] == 2
     torch_det = create_detector("d0", backend="torch", **kwargs)
     paths = [str(p) for p in photo_files]
     for a, b in zip(onnx_det(paths, batch_size=3), torch_det(paths)):
@@ -147,7 +148,8 @@ def test_nms_graph_single_image_selection_equals_the_batch_top_k(make_tiny_model
     from efficientdet.export.onnx import build_graph
 
     model = make_tiny_model(3)
-    model.class_names = [None if i % 7 == 0 else f"c{i}" for i in range(model.config.num_classes)]  # masked ids
+    n = model.config.num_classes
+    model.labels = LabelMap(tuple(None if i % 7 == 0 else f"c{i}" for i in range(n)), tuple(range(1, n + 1)))
     graph = build_graph(model, nms=True, score_threshold=threshold, max_det=60, topk=300)
     x = torch.randn(1, 3, 128, 128)
     with torch.no_grad():

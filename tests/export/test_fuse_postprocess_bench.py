@@ -11,8 +11,8 @@ import torch
 from efficientdet import Detector
 from efficientdet.anchors import generate_anchors
 from efficientdet.cli import main
-from efficientdet.export.fuse import count_batchnorms, fuse_model
-from efficientdet.postprocess import PostprocessConfig, Postprocessor, select_topk
+from efficientdet.inference.fuse import count_batchnorms, fuse_model
+from efficientdet.inference.postprocess import PostprocessConfig, Postprocessor, select_topk
 
 
 def test_fused_model_equals_unfused(make_tiny_model):
@@ -31,8 +31,8 @@ def test_fused_model_equals_unfused(make_tiny_model):
 @pytest.mark.parametrize("fusion", ["fast", "softmax", "sum"])
 def test_frozen_fusion_equals_the_trained_fusion(fusion):
     from efficientdet import create_model
-    from efficientdet.export.fuse import FrozenFusion
-    from efficientdet.export.mkldnn import fuse_conv_activations
+    from efficientdet.inference.fuse import FrozenFusion
+    from efficientdet.inference.mkldnn import fuse_conv_activations
 
     torch.manual_seed(0)
     model = create_model("d0", image_size=128, fpn_channels=16, fpn_layers=2, head_layers=2, fusion=fusion).eval()
@@ -81,7 +81,7 @@ def test_select_topk_prefilter_hand_made():
 
 
 def test_postprocess_prefilter_equals_full_topk(monkeypatch):
-    import efficientdet.postprocess as pp
+    import efficientdet.inference.postprocess as pp
 
     torch.manual_seed(0)
     anchors = generate_anchors(256)

@@ -9,8 +9,8 @@ from timm.layers.conv2d_same import Conv2dSame
 from torch import nn
 
 from efficientdet import create_model
-from efficientdet.export.fuse import fuse_model
-from efficientdet.export.mkldnn import FusedConv2d, fuse_conv_activations, mkldnn_available
+from efficientdet.inference.fuse import fuse_model
+from efficientdet.inference.mkldnn import FusedConv2d, fuse_conv_activations, mkldnn_available
 
 pytestmark = pytest.mark.skipif(not mkldnn_available(), reason="torch built without oneDNN")
 

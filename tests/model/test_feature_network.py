@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from efficientdet.model.bifpn import Fusion, Node, bifpn_nodes, fpn_nodes, panet_nodes
+from efficientdet.model.feature_network import Fusion, Node, bifpn_nodes, fpn_nodes, panet_nodes
 from efficientdet.model.layers import max_pool_same
 
 
@@ -86,7 +86,7 @@ def test_backbone_checkpointing_gives_the_same_gradients():
 
     def grads(stages: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         model.zero_grad()
-        model.checkpoint_stages = stages
+        model.recompute_stages = stages
         cls, box = model(x)
         loss = sum(c.float().pow(2).mean() for c in cls) + sum(b.float().pow(2).mean() for b in box)
         loss.backward()
@@ -104,8 +104,8 @@ def test_backbone_checkpointing_gives_the_same_gradients():
     # the recomputation in backward does not update the BN running statistics a second time
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, ref_state[key], rtol=1e-5, atol=1e-7, msg=key)
-    assert model.checkpointable_stages() == 2
-    model.checkpoint_stages = 3  # would checkpoint through the P3 output
+    assert model.recomputable_stages() == 2
+    model.recompute_stages = 3  # would checkpoint through the P3 output
     with pytest.raises(ValueError, match="at most 2"):
         model(x)
 

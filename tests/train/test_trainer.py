@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import shutil
@@ -13,9 +14,10 @@ import time
 import pytest
 import torch
 
+from efficientdet.errors import TrainingStopped
 from efficientdet.train.config import TrainConfig
-from efficientdet.train.engine import TrainingStopped, train_step
 from efficientdet.train.run_dir import next_run_dir, read_metrics
+from efficientdet.train.step import train_step
 from efficientdet.train.trainer import Trainer, train
 from efficientdet.weights import load_checkpoint
 
@@ -37,7 +39,7 @@ def run_a(tiny_data, tmp_path_factory):
 
     def save_and_keep():
         path = save_last()
-        if trainer.epoch == 1 and trainer.batch_in_epoch == 0:
+        if trainer.state.epoch == 1 and trainer.state.batch_in_epoch == 0:
             epoch1.parent.mkdir(parents=True)
             shutil.copy(path, epoch1)
         return path
@@ -54,7 +56,7 @@ def test_run_folder(run_a) -> None:
     assert cfg.epochs == 2 and cfg.model_overrides["fpn_channels"] == 16
     last, best = load_checkpoint(run / "weights" / "last.pt"), load_checkpoint(run / "weights" / "best.pt")
     assert last.extra["train"]["epoch"] == 2 and last.extra["train"]["step"] == 4
-    assert best.config["num_classes"] == 4 and best.class_names == ["circle", "square", "triangle", "cross"]
+    assert best.config["num_classes"] == 4 and best.labels.names == ("circle", "square", "triangle", "cross")
     assert set(best.extra["metrics"]) >= {"AP", "AP50"}
     rows = read_metrics(run / "metrics.csv")
     assert [r["epoch"] for r in rows] == [1.0, 2.0]
@@ -104,8 +106,9 @@ def test_loss_decreases_on_a_fixed_batch(tiny_data, tmp_path) -> None:
     images, targets = next(iter(trainer.loader))
     losses = []
     for _ in range(6):
-        trainer.step = 0  # constant (peak) lr
-        losses.append(train_step(trainer, images, targets)["loss"])
+        trainer.state.step = 0  # constant (peak) lr
+        trainer.set_train_mode()
+        losses.append(train_step(trainer.state, trainer.setup, images, targets)["loss"])
     assert losses[-1] < losses[0], losses
 
 
@@ -125,20 +128,20 @@ class _NanAt:
 
 def test_nan_step_is_skipped_and_counted(tiny_data, tmp_path) -> None:
     trainer = Trainer(tiny_config(tiny_data, tmp_path / "r", val=False, max_nan_steps=2, deterministic=False))
-    trainer.loss_fn = _NanAt(trainer.loss_fn, {1})
+    trainer.setup = dataclasses.replace(trainer.setup, loss_fn=_NanAt(trainer.setup.loss_fn, {1}))
     result = trainer.run()
-    assert result.nan_steps == 1 and result.step == 4 and trainer.ema.updates == 3
+    assert result.nan_steps == 1 and result.step == 4 and trainer.state.ema.updates == 3
     ckpt = load_checkpoint(result.last)
     assert all(torch.isfinite(v).all() for v in ckpt.state_dict.values() if v.is_floating_point())
 
 
 def test_nan_streak_stops_without_saving(tiny_data, tmp_path) -> None:
     trainer = Trainer(tiny_config(tiny_data, tmp_path / "r", val=False, max_nan_steps=2, deterministic=False))
-    trainer.loss_fn = _NanAt(trainer.loss_fn, None)
+    trainer.setup = dataclasses.replace(trainer.setup, loss_fn=_NanAt(trainer.setup.loss_fn, None))
     with pytest.raises(TrainingStopped, match="lower the lr"):
         trainer.run()
     assert not (tmp_path / "r" / "weights" / "last.pt").exists()
-    assert trainer.nan_steps == 2 and trainer.ema.updates == 0
+    assert trainer.state.nan_steps == 2 and trainer.state.ema.updates == 0
 
 
 def test_next_run_dir(tmp_path) -> None:
@@ -202,7 +205,7 @@ def test_interrupted_run_still_writes_its_plots(tiny_data, tmp_path) -> None:
 
     def save_then_interrupt():
         path = save_last()
-        if trainer.epoch == 1 and trainer.batch_in_epoch == 0 and trainer._stop_signal is None:
+        if trainer.state.epoch == 1 and trainer.state.batch_in_epoch == 0 and trainer._stop_signal is None:
             os.kill(os.getpid(), signal.SIGINT)  # the trainer's handler turns it into a clean stop
         return path
 

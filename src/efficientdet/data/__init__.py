@@ -5,26 +5,23 @@ Boxes are ``xyxy`` float32 pixels everywhere, labels 0-based contiguous ``int64`
 """
 
 from .coco import read_coco
-from .dataset import DetectionDataset, SeededSampler, collate, make_loader
+from .dataset import DetectionDataset, collate
 from .read import detect_format, read_dataset
 from .records import DetectionData, LoadReport, Sample
 from .synth import make_synthetic_dataset
-from .transforms import EvalTransform, TrainTransform
+from .transforms import TrainTransform
 from .voc import read_voc
 from .yolo import load_names, read_yolo
 
 __all__ = [
     "DetectionData",
     "DetectionDataset",
-    "EvalTransform",
     "LoadReport",
     "Sample",
-    "SeededSampler",
     "TrainTransform",
     "collate",
     "detect_format",
     "load_names",
-    "make_loader",
     "make_synthetic_dataset",
     "read_coco",
     "read_dataset",

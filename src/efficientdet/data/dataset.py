@@ -1,16 +1,16 @@
-"""Torch ``Dataset`` over :class:`DetectionData`, the batch ``collate`` and a seeded loader."""
+"""Torch ``Dataset`` over :class:`DetectionData` and the batch ``collate`` (the loader: ``train/build.py``)."""
 
 from __future__ import annotations
 
 import inspect
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
 from ..images import load_image
 from .records import DetectionData, Sample
@@ -27,10 +27,11 @@ class DetectionDataset(Dataset):
 
     Args:
         data: the samples (boxes ``xyxy`` original pixels).
-        transform: ``(PIL image, target) -> (tensor, target)``, e.g. ``TrainTransform`` /
-            ``EvalTransform``; its input target holds ``boxes`` (N, 4) float32, ``labels`` (N,) int64,
+        transform: ``(PIL image, target) -> (tensor, target)``, e.g. ``TrainTransform``; its input target
+            holds ``boxes`` (N, 4) float32, ``labels`` (N,) int64,
             ``iscrowd`` (N,) bool and ``image_id``. Items indexed ``(index, seed)`` (as
-            :func:`make_loader` does) pass a seeded ``generator=`` keyword when the transform takes
+            :class:`~efficientdet.train.distributed.EpochBatchSampler` does) pass a seeded
+            ``generator=`` keyword when the transform takes
             one, else run it under a seeded copy of torch's global RNG.
     """
 
@@ -80,63 +81,8 @@ def collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[torch.Tensor, list[
     return images, [item[1] for item in batch]
 
 
-class SeededSampler(Sampler):
-    """Yields ``(index, seed)`` pairs: the order (shuffled or not) and a per-sample augmentation seed.
-
-    Both come from one ``torch.Generator`` seeded with ``seed`` in the main process, so epoch ``k``
-    is the same for a given seed whatever the number of workers, and differs between epochs.
-    """
-
-    def __init__(self, length: int, shuffle: bool = True, seed: int = 0) -> None:
-        self.length = int(length)
-        self.shuffle = shuffle
-        self.generator = torch.Generator()
-        self.generator.manual_seed(int(seed))
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        if self.shuffle:
-            order = torch.randperm(self.length, generator=self.generator).tolist()
-        else:
-            order = list(range(self.length))
-        seeds = torch.randint(0, 2**62, (self.length,), generator=self.generator).tolist()
-        return iter(zip(order, seeds))
-
-
 def seed_worker(worker_id: int) -> None:
     """``worker_init_fn``: seed python's and numpy's RNGs from the worker's torch seed."""
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
-
-
-def make_loader(
-    dataset: DetectionDataset,
-    batch_size: int,
-    shuffle: bool = False,
-    num_workers: int = 0,
-    seed: int = 0,
-    drop_last: bool = False,
-    pin_memory: bool = False,
-) -> DataLoader:
-    """A ``DataLoader`` of ``(images (B, 3, S, S), [target, ...])`` batches, reproducible per ``seed``.
-
-    The order and each sample's augmentation seed come from a :class:`SeededSampler`, so the
-    batches are identical for any ``num_workers`` (workers only decode and transform).
-    """
-    generator = torch.Generator()
-    generator.manual_seed(int(seed))
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=SeededSampler(len(dataset), shuffle=shuffle, seed=seed),
-        num_workers=num_workers,
-        collate_fn=collate,
-        worker_init_fn=seed_worker,
-        generator=generator,
-        drop_last=drop_last,
-        pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,
-    )

@@ -36,7 +36,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
 from ..errors import ConfigError
-from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, fill_color, letterbox, normalize
+from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, fill_color, normalize
 
 IGNORE_INDEX = 255  # mask value of ignored pixels (padding, object borders, crowd regions)
 
@@ -86,48 +86,6 @@ def color_jitter(
         elif hue_range > 0:
             image = F.adjust_hue(image, hue_range * (2.0 * float(torch.rand((), generator=g)) - 1.0))
     return image
-
-
-class EvalTransform:
-    """The inference preprocessing (``preprocess.letterbox`` + ``normalize``); boxes times ``scale``.
-
-    Args:
-        image_size: square network input side ``S`` in pixels.
-        mean, std: normalisation constants in [0, 1] (ImageNet by default).
-    """
-
-    def __init__(
-        self,
-        image_size: int,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-    ) -> None:
-        self.image_size = _check_image_size(image_size)
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
-
-    def __call__(
-        self, image: Image.Image, target: dict | None = None, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, dict]:
-        """RGB PIL image + target -> ``(float32 (3, S, S), target)``; deterministic (no randomness)."""
-        boxes, labels, iscrowd, image_id = _inputs(target)
-        w, h = image.size
-        canvas, scale = letterbox(image, self.image_size, self.mean)
-        tensor = normalize(torch.from_numpy(canvas).unsqueeze(0), self.mean, self.std)[0]
-        out = {
-            "boxes": boxes * scale,
-            "labels": labels,
-            "iscrowd": iscrowd,
-            "image_id": image_id,
-            "scale": float(scale),
-            "orig_size": (h, w),
-        }
-        if target is not None and target.get("mask") is not None:
-            out["mask"] = torch.as_tensor(np.asarray(target["mask"], dtype=np.uint8))
-        return tensor, out
-
-    def __repr__(self) -> str:
-        return f"EvalTransform(image_size={self.image_size}, mean={self.mean}, std={self.std})"
 
 
 class TrainTransform:

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable
 
 from ..data.records import DetectionData
-from ..detector import Detector
+from ..inference.detector import Detector
 from .coco import evaluate_detections
 
 

@@ -2,7 +2,7 @@
 
 The file is a ``torch.jit`` archive loadable without this package (``torch.jit.load``); the metadata of
 :func:`efficientdet.export.onnx.export_metadata` is stored as the extra file ``efficientdet.json``.
-Input and outputs are those of :mod:`efficientdet.export.graph`. Raw graphs accept any batch size; the
+Input and outputs are those of :mod:`efficientdet.inference.graph`. Raw graphs accept any batch size; the
 in-graph NMS loops over the traced batch, so ``nms=True`` files are fixed to ``batch``.
 """
 
@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
+from ..inference.config import DEFAULTS
+from ..inference.onnx_export import prepare_export
 from ..model.efficientdet import EfficientDet
-from .onnx import prepare_export
 
 EXTRA_FILE = "efficientdet.json"
 
@@ -28,10 +29,10 @@ def export_torchscript(
     dynamic_batch: bool = False,
     nms: bool = False,
     half: bool = False,
-    score_threshold: float = 0.001,
-    iou_threshold: float = 0.5,
-    max_det: int = 100,
-    topk: int = 5000,
+    score_threshold: float = DEFAULTS.score_threshold,
+    iou_threshold: float = DEFAULTS.iou_threshold,
+    max_det: int = DEFAULTS.max_det,
+    topk: int = DEFAULTS.topk,
     fuse: bool = True,
 ) -> Path:
     """Trace ``model``'s inference graph and save it to ``path`` (``.pt``); returns the path."""

@@ -2,7 +2,7 @@
 semantic-segmentation head (:mod:`.seg_heads`).
 
 ``forward`` is the same in training and inference and returns raw outputs only; the loss
-(:mod:`efficientdet.loss`) and post-processing (:mod:`efficientdet.postprocess`) are separate.
+(:mod:`efficientdet.loss`) and post-processing (:mod:`efficientdet.inference.postprocess`) are separate.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..labels import LabelMap
 from ..variants import ModelConfig
 from .backbone import create_backbone
-from .bifpn import FeatureNetwork
+from .feature_network import FeatureNetwork
 from .heads import box_head, class_head, reset_class_head
 from .seg_heads import seg_head
 
@@ -48,6 +49,8 @@ class EfficientDet(nn.Module):
         self.box_net = box_head(*args, config.act, config.conv_bias) if config.detect else None
         self.seg_net = seg_head(config) if config.seg_head else None
         self._init_feature_network()
+        #: what each class index means (names, the data set's category ids, ignored slots)
+        self.labels = LabelMap.default(config.num_classes)
 
     def _init_feature_network(self) -> None:
         for m in self.fpn.modules():
@@ -59,7 +62,7 @@ class EfficientDet(nn.Module):
     #: training only: recompute the stem and first N backbone stages in the backward pass instead of
     #: keeping their activations (the high-resolution ones, most of the memory); 0 = off. Gradients and
     #: BN running statistics are unchanged (the recomputation does not update the statistics again).
-    checkpoint_stages: int = 0
+    recompute_stages: int = 0
 
     def forward(self, images: torch.Tensor):  # -> (cls, box) | seg | (cls, box, seg), see the class docstring
         feats = self.features(images)
@@ -72,20 +75,20 @@ class EfficientDet(nn.Module):
 
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Feature-network outputs P_min..P_max, each (B, W, H_l, W_l)."""
-        if self.checkpoint_stages and self.training and torch.is_grad_enabled():
-            feats = self._backbone_checkpointed(images)
+        if self.recompute_stages and self.training and torch.is_grad_enabled():
+            feats = self._backbone_recomputed(images)
         else:
             feats = self.backbone(images)
         return self.fpn(feats)
 
-    def checkpointable_stages(self) -> int:
-        """The largest valid ``checkpoint_stages``: the backbone stages before the first output (0 if unknown)."""
+    def recomputable_stages(self) -> int:
+        """The largest valid ``recompute_stages``: the backbone stages before the first output (0 if unknown)."""
         out_idx = getattr(self.backbone, "_stage_out_idx", None)
         if not out_idx or getattr(self.backbone, "feature_hooks", None) is not None:
             return 0
         return min(out_idx) - 1
 
-    def _backbone_checkpointed(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def _backbone_recomputed(self, images: torch.Tensor) -> list[torch.Tensor]:
         """timm ``EfficientNetFeatures.forward`` with the stem and first stages checkpointed."""
         from torch.utils.checkpoint import checkpoint
 
@@ -93,9 +96,9 @@ class EfficientDet(nn.Module):
         out_idx = getattr(bb, "_stage_out_idx", None)
         if out_idx is None or getattr(bb, "feature_hooks", None) is not None:  # another timm layout
             return bb(images)
-        n, limit = self.checkpoint_stages, self.checkpointable_stages()
+        n, limit = self.recompute_stages, self.recomputable_stages()
         if n > limit:
-            raise ValueError(f"checkpoint_stages={n} reaches an output stage; use at most {limit}")
+            raise ValueError(f"recompute_stages={n} reaches an output stage; use at most {limit}")
         stem_and_stages = (bb.conv_stem, bb.bn1, *bb.blocks[:n])
         calls = [0]
 
@@ -123,6 +126,7 @@ class EfficientDet(nn.Module):
             raise ValueError("this network has no detection head; reset_seg_classes changes the segmentation classes")
         reset_class_head(self.class_net, self.config.num_anchors, num_classes)
         self.config = self.config.replace(num_classes=num_classes)
+        self.labels = LabelMap.default(num_classes)
 
     def reset_seg_classes(self, seg_classes: int) -> None:
         """New segmentation classifier for ``seg_classes`` (fine-tuning); everything else is kept."""

@@ -1,6 +1,6 @@
 """Training configuration: one frozen dataclass, saved as ``config.yaml`` in every run folder.
 
-Defaults follow the official recipe (SPEC §4): SGD momentum 0.9, weight decay 4e-5 (not on norms or
+Defaults follow the official recipe: SGD momentum 0.9, weight decay 4e-5 (not on norms or
 biases), lr 0.08 per 64 images (linear scaling), 1 warm-up epoch from 0.1 x lr, cosine decay to 0,
 gradient clipping at norm 10, EMA decay 0.9998, flip + scale jitter 0.1-2.0.
 
@@ -18,6 +18,18 @@ from typing import Any
 from ..errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adamw")
+#: settings that do not change the result; ``--resume`` may change them
+RUNTIME_FIELDS = ("workers", "device", "progress", "tensorboard")
+
+
+def opt(default: Any, help: str, check: str | None = None, choices: tuple[str, ...] | None = None,
+        flag: str | None = None, aliases: tuple[str, ...] = ()) -> Any:
+    """A field with its command-line description: ``efficientdet train``'s options are generated from these
+    (help, value check by name, choices, the option name when it differs from ``--field-name``)."""
+    meta = {"help": help, "check": check, "choices": choices, "flag": flag, "aliases": aliases}
+    if callable(default):
+        return field(default_factory=default, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -28,57 +40,63 @@ class TrainConfig:
     batch_size / 64); ``warmup_epochs`` may be fractional; ``ema_warmup_steps`` is the time constant
     tau of the EMA warm-up ``decay_t = ema_decay * (1 - exp(-updates / tau))`` (0 disables it), so
     short runs are not dominated by the random initial weights; ``amp`` ``None`` = automatic (fp16 +
-    GradScaler on CUDA, bf16 autocast on CPUs with AMX); ``checkpoint_stages`` ``None`` = 2 on the CPU,
+    GradScaler on CUDA, bf16 autocast on CPUs with AMX); ``recompute_stages`` ``None`` = 2 on the CPU,
     0 on CUDA; ``scale_min``/``scale_max`` are the
     scale-jitter factors of the image size; ``save_interval_steps`` (0 = off) also checkpoints
     mid-epoch; ``max_nan_steps`` non-finite steps in a row stop the run; ``patience`` (evaluations
     without AP improvement) stops early; ``model_overrides`` are :class:`ModelConfig` fields.
     """
 
-    train_images: str
-    train_annotations: str
-    model: str = "efficientdet_d0"
-    val_images: str | None = None
-    val_annotations: str | None = None
-    format: str = "auto"
-    class_names: str | None = None
-    epochs: int = 300
-    batch_size: int = 8
-    image_size: int | None = None
-    lr: float | None = None
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 4e-5
-    warmup_epochs: float = 1.0
-    warmup_factor: float = 0.1
-    clip_grad: float = 10.0
-    ema_decay: float = 0.9998
-    ema_warmup_steps: float = 2000.0
-    amp: bool | None = None
-    channels_last: bool = True  # about 1.3x faster training on CPU (BENCHMARKS.md)
-    freeze_backbone: bool = False
-    checkpoint_stages: int | None = None  # recompute stem + first N backbone stages in backward; None: 2 on CPU
-    freeze_bn: bool = False
-    weights: str | None = None
-    pretrained_backbone: str | None = None
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    scale_min: float = 0.1
-    scale_max: float = 2.0
-    hflip: float = 0.5
-    seed: int = 0
-    deterministic: bool = False
-    workers: int = 2
-    device: str = "auto"
-    out: str | None = None
-    val_interval: int = 1
-    eval_batch_size: int = 8
-    max_nan_steps: int = 10
-    save_interval_steps: int = 0
-    strict: bool = False
-    patience: int | None = None
-    progress: bool = True
-    tensorboard: bool = True
-    plots: bool = True
+    train_images: str = opt("", "training images directory")
+    train_annotations: str = opt("", "COCO json, or VOC/YOLO annotations directory")
+    model: str = opt("efficientdet_d0", "variant name")
+    val_images: str | None = opt(None, "validation images directory")
+    val_annotations: str | None = opt(None, "validation annotations")
+    format: str = opt("auto", "annotation format", choices=("auto", "coco", "voc", "yolo"))
+    names: str | None = opt(None, "VOC/YOLO: class names file (one per line)")
+    epochs: int = opt(300, "training epochs", check="positive_int")
+    batch_size: int = opt(8, "GLOBAL batch size (summed over all processes)", check="positive_int")
+    image_size: int | None = opt(None, "network input side (default: the model's)", check="image_size")
+    lr: float | None = opt(None, "peak learning rate (default 0.08 x batch / 64)", check="positive_float")
+    optimizer: str = opt("sgd", "optimizer", choices=OPTIMIZERS)
+    momentum: float = opt(0.9, "SGD momentum", check="positive_float")
+    weight_decay: float = opt(4e-5, "weight decay (not on norms and biases)", check="non_negative_float")
+    warmup_epochs: float = opt(1.0, "linear warm-up length in epochs (may be fractional)", check="non_negative_float")
+    warmup_factor: float = opt(0.1, "warm-up starts at this fraction of the peak lr", check="unit_float")
+    clip_grad: float = opt(10.0, "gradient norm clipping", check="positive_float")
+    ema_decay: float = opt(0.9998, "EMA decay of the weights", check="non_negative_float")
+    ema_warmup_steps: float = opt(2000.0, "EMA warm-up time constant: decay * (1 - exp(-updates / N)); 0 = off",
+                                  check="non_negative_float")
+    amp: bool | None = opt(None, "mixed precision (default: fp16 on CUDA, bf16 on CPUs with AMX bf16 units)")
+    channels_last: bool = opt(True, "channels-last memory format (faster convolutions on CPU and GPU)")
+    freeze_backbone: bool = opt(False, "train the feature network and heads only")
+    recompute_stages: int | None = opt(
+        None, "recompute the stem and first N backbone stages in backward: less memory, ~5%% slower "
+        "(default: 2 on the CPU, 0 on CUDA)", check="non_negative_int", flag="--checkpoint-stages",
+        aliases=("--recompute-stages",))
+    freeze_bn: bool = opt(False, "keep every BatchNorm in eval mode (running stats fixed)")
+    weights: str | None = opt(None, "initial weights: published name or file (class head re-initialised)")
+    pretrained_backbone: str | None = opt(None, "ImageNet backbone weights file")
+    model_overrides: dict[str, Any] = opt(dict, "ModelConfig field override, e.g. fpn_channels=32 (repeatable)",
+                                          check="override", flag="--model-override")
+    scale_min: float = opt(0.1, "scale jitter low (x image size)", check="positive_float")
+    scale_max: float = opt(2.0, "scale jitter high (x image size)", check="positive_float")
+    hflip: float = opt(0.5, "horizontal flip probability", check="unit_float")
+    seed: int = opt(0, "random seed (data order, augmentation, initialisation)", check="int")
+    deterministic: bool = opt(False, "deterministic algorithms (bit-exact resume)")
+    workers: int = opt(2, "data loader processes", check="non_negative_int")
+    device: str = opt("auto", "training device", choices=("auto", "cpu", "cuda"))
+    out: str | None = opt(None, "run folder (default runs/train/expN)")
+    val_interval: int = opt(1, "evaluate every N epochs", check="positive_int")
+    eval_batch_size: int = opt(8, "validation batch size", check="positive_int")
+    max_nan_steps: int = opt(10, "stop after N non-finite steps in a row", check="positive_int")
+    save_interval_steps: int = opt(0, "also save last.pt every N steps (0 = only after each epoch)",
+                                   check="non_negative_int")
+    strict: bool = opt(False, "fail on any annotation problem instead of dropping it")
+    patience: int | None = opt(None, "stop after N evaluations without AP gain", check="positive_int")
+    progress: bool = opt(True, "progress bar")
+    tensorboard: bool = opt(True, "TensorBoard event files")
+    plots: bool = opt(True, "PNG plots at the end of the run")
 
     def __post_init__(self) -> None:
         checks = [
@@ -118,6 +136,10 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Inverse of :meth:`to_dict`; unknown keys are a :class:`ConfigError`."""
         names = {f.name for f in dataclasses.fields(cls)}
+        data = dict(data)
+        for old, new in (("class_names", "names"), ("checkpoint_stages", "recompute_stages")):  # older runs
+            if old in data and new not in data:
+                data[new] = data.pop(old)
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(f"unknown training config keys {unknown}; valid keys: {', '.join(sorted(names))}")

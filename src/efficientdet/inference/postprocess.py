@@ -10,25 +10,13 @@ group per (image, class)).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torchvision.ops import batched_nms, box_iou
 
-from . import box_coder
-
-
-@dataclass(frozen=True)
-class PostprocessConfig:
-    """Settings of :class:`Postprocessor` (defaults: the official evaluation settings)."""
-
-    score_threshold: float = 0.001
-    iou_threshold: float = 0.5
-    max_det: int = 100
-    topk: int = 5000
-    soft_nms: bool = False
-    soft_nms_sigma: float = 0.5
+from .. import box_coder
+from .config import PostprocessConfig
 
 
 def select_topk(

@@ -1,6 +1,6 @@
 """CPU inference kernels: convolutions with their activation fused, and no padding copies.
 
-Applied by the :class:`~efficientdet.detector.Detector` to its BN-folded inference copy when it runs on
+Applied by the :class:`~efficientdet.inference.detector.Detector` to its BN-folded inference copy when it runs on
 the CPU (never to a model that trains or is exported). Two rewrites, each exact to float rounding:
 
 - ``conv -> SiLU`` (and ``conv -> Sigmoid``, the squeeze-excite gate) become one oneDNN convolution
@@ -12,7 +12,7 @@ the CPU (never to a model that trains or is exported). Two rewrites, each exact 
   padding ``(p, p + 1)`` equals the convolution with symmetric padding ``p + 1`` whose kernel has
   one extra leading row/column of zeros: the windows start one pixel earlier and that pixel is
   multiplied by 0. The kernel is expanded once per input-size parity, so there is no per-call copy.
-- the heads' per-level pointwise convs (:class:`~efficientdet.export.fuse.FusedHead`) take their shared
+- the heads' per-level pointwise convs (:class:`~efficientdet.inference.fuse.FusedHead`) take their shared
   activation as a post-op too.
 
 Measured on the 2-core CPU (D0, 512x512, batch 1), together with the copy-free max pooling of

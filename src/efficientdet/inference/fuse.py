@@ -24,8 +24,8 @@ import copy
 import torch
 from torch import nn
 
-from ..model.bifpn import Fusion
 from ..model.efficientdet import EfficientDet
+from ..model.feature_network import Fusion
 from ..model.heads import Head
 from ..model.layers import Projection, SeparableConv
 
@@ -109,7 +109,7 @@ class FusedHead(nn.Module):
 
 
 class FrozenFusion(nn.Module):
-    """A BiFPN :class:`~efficientdet.model.bifpn.Fusion` with its weights normalised once (inference).
+    """A BiFPN :class:`~efficientdet.model.feature_network.Fusion` with its weights normalised once (inference).
 
     ``sum(w_i * x_i)`` with the ``fast`` / ``softmax`` weights computed at fusion time as Python floats and
     accumulated in place into one new tensor: per node one multiply and one in-place add per further

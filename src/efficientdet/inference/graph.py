@@ -23,9 +23,10 @@ from torch import nn
 from torchvision.ops import batched_nms
 
 from .. import box_coder
-from ..anchors import generate_anchors
+from ..anchors import anchors_for
 from ..model.efficientdet import flatten_outputs
-from ..postprocess import logit
+from .config import DEFAULTS
+from .postprocess import logit
 
 
 class RawGraph(nn.Module):
@@ -82,7 +83,7 @@ class _NonMaxSuppression(torch.autograd.Function):
 class NMSGraph(nn.Module):
     """Normalised images (B, 3, S, S) -> boxes (B, D, 4), scores (B, D), labels (B, D), num_detections (B,).
 
-    Same semantics as :class:`efficientdet.postprocess.Postprocessor` with hard NMS (top-k pairs, decode,
+    Same semantics as :class:`efficientdet.inference.postprocess.Postprocessor` with hard NMS (top-k pairs, decode,
     clip, per-class NMS, ``score >= score_threshold``, best ``max_det``), in network pixels. Without
     ``image_sizes`` boxes are clipped to the square canvas rather than to the image (the NMS may then
     differ for boxes that reach into the letterbox padding).
@@ -93,18 +94,16 @@ class NMSGraph(nn.Module):
         model: nn.Module,
         config: object,
         class_mask: torch.Tensor | None = None,
-        score_threshold: float = 0.001,
-        iou_threshold: float = 0.5,
-        max_det: int = 100,
-        topk: int = 5000,
+        score_threshold: float = DEFAULTS.score_threshold,
+        iou_threshold: float = DEFAULTS.iou_threshold,
+        max_det: int = DEFAULTS.max_det,
+        topk: int = DEFAULTS.topk,
         half: bool = False,
     ) -> None:
         super().__init__()
         self.raw = RawGraph(model, config.num_classes, half)  # type: ignore[attr-defined]
         cfg = config
-        size = cfg.image_size  # type: ignore[attr-defined]
-        anchors = generate_anchors(size, cfg.min_level, cfg.max_level, cfg.anchor_scale, cfg.num_scales,  # type: ignore[attr-defined]
-                                   cfg.aspect_ratios)  # type: ignore[attr-defined]
+        anchors = anchors_for(cfg)
         self.register_buffer("anchors", anchors, persistent=False)
         num_classes = cfg.num_classes  # type: ignore[attr-defined]
         bias = torch.zeros(num_classes)
@@ -113,7 +112,7 @@ class NMSGraph(nn.Module):
         self.register_buffer("class_bias", bias, persistent=False)
         self.use_class_bias = class_mask is not None and not bool(class_mask.all())
         self.num_classes = num_classes
-        self.size = float(size)
+        self.size = float(cfg.image_size)
         self.topk = min(topk, len(anchors) * num_classes)
         self.max_det = min(max_det, self.topk)
         self.score_threshold = float(score_threshold)

@@ -1,7 +1,7 @@
 """Latency / throughput benchmark of the model family, laid out like the paper's Table 2.
 
 For each variant: parameters and FLOPs (multiply-adds, :func:`efficientdet.complexity.measure`),
-batch-1 end-to-end latency (decoded PIL image in, :class:`~efficientdet.detector.Detections` out;
+batch-1 end-to-end latency (decoded PIL image in, :class:`~efficientdet.detections.Detections` out;
 median of ``runs`` after ``warmup``) split into preprocess / network / postprocess, and throughput
 (images/s) at ``batch_size``. Random weights are used (timing does not depend on the values, except
 post-processing, which depends on how many scores pass ``score_threshold``).
@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..complexity import measure
-from ..variants import get_config
+from .complexity import measure
+from .variants import get_config
 
 
 @dataclass
@@ -58,12 +58,12 @@ def bench_model(
     score_threshold: float = 0.25,
 ) -> BenchResult:
     """Measure one variant (see module docstring)."""
-    from .runtime import create_detector
+    from .inference.detector import Detector
 
     cfg = get_config(name, image_size=image_size)
     cost = measure(cfg)
     torch.manual_seed(0)
-    detector = create_detector(name, backend=backend, device=device, image_size=image_size,
+    detector = Detector(name, backend=backend, device=device, image_size=image_size,
                                score_threshold=score_threshold)
     img = sample_image()
     totals, parts = [], []

@@ -1,0 +1,123 @@
+"""What the commands share: the parser class, argument types, the model options and the detector they build."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+from pathlib import Path
+
+from ..errors import ConfigError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors that suggest the closest valid option."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        if "unrecognized arguments" in message:
+            options = _all_options(self)
+            hints = []
+            for word in message.split(":", 1)[1].split():
+                if word.startswith("-"):
+                    match = difflib.get_close_matches(word.split("=")[0], options, n=1, cutoff=0.6)
+                    hints.append(f"{word} (did you mean {match[0]}?)" if match else word)
+            if hints:
+                message = "unrecognized arguments: " + " ".join(hints)
+        print(f"{self.prog}: error: {message}; see '{self.prog} --help'", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _all_options(parser: argparse.ArgumentParser) -> list[str]:
+    """Option strings of ``parser`` and of all its sub-commands."""
+    options = []
+    for action in parser._actions:
+        options += action.option_strings
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                options += _all_options(child)
+    return sorted(set(options))
+
+
+def _typed(cast: type, what: str, ok, requirement: str):
+    """An argparse ``type=`` that converts with ``cast`` and checks ``ok(value)`` (NaN never passes)."""
+
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{value} {requirement}")
+        return value
+
+    return parse
+
+
+positive_int = _typed(int, "an integer", lambda v: v > 0, "must be a positive integer")
+non_negative_int = _typed(int, "an integer", lambda v: v >= 0, "must be >= 0")
+unit_float = _typed(float, "a number", lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]")
+positive_float = _typed(float, "a number", lambda v: v > 0, "must be > 0")
+non_negative_float = _typed(float, "a number", lambda v: v >= 0, "must be >= 0")
+
+
+def image_size(text: str) -> int:
+    value = positive_int(text)
+    if value % 128:
+        # any size works, but the official geometry wants a multiple of 2**7
+        print(f"warning: --image-size {value} is not a multiple of 128; anchors and features stay aligned "
+              "only approximately", file=sys.stderr)
+    return value
+
+
+# -- predict ------------------------------------------------------------------------------------------------
+def expand_sources(sources: list[str]) -> tuple[list[tuple[Path, str]], list[str]]:
+    """Files, directories (recursive) and globs -> [(path, display name)], plus sources that matched nothing."""
+    import glob
+
+    found: list[tuple[Path, str]] = []
+    missing: list[str] = []
+    for src in sources:
+        path = Path(src)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found += [(p, str(p.relative_to(path))) for p in files]
+            if not files:
+                missing.append(f"{src}: directory contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        elif path.is_file():
+            found.append((path, path.name))
+        elif any(ch in src for ch in "*?["):
+            files = sorted(Path(p) for p in glob.glob(src, recursive=True) if Path(p).is_file())
+            found += [(p, p.name) for p in files]
+            if not files:
+                missing.append(f"{src}: pattern matches no files")
+        else:
+            missing.append(f"{src}: no such file or directory")
+    return found, missing
+
+
+def add_model_options(p: argparse.ArgumentParser, weights_required: bool = False) -> None:
+    """``--model --weights --device --image-size --backend`` (predict, eval, serve)."""
+    p.add_argument("--model", default=None,
+                   help="variant name (see 'efficientdet models'); default: the one saved in --weights, else d0")
+    p.add_argument("--weights", required=weights_required,
+                   help="checkpoint file (this project's or effdet's), a published name, e.g. tf_efficientdet_d0, "
+                        "or an exported .onnx file (run in onnxruntime)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--image-size", type=image_size, default=None, help="override the network input size")
+    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
+                   help="inference runtime: auto (default) = onnxruntime on the CPU (exported once and cached, the "
+                        "fastest path), else torch; an .onnx --weights file always runs in onnxruntime")
+
+
+def make_detector(args: argparse.Namespace, **settings: object):
+    """The :class:`~efficientdet.inference.detector.Detector` the model options describe, with the given
+    post-processing settings (``None`` values take the defaults)."""
+    from ..inference.detector import Detector
+    from ..inference.onnxrt import is_onnx_file
+
+    if is_onnx_file(args.weights) and args.backend == "torch":
+        raise ConfigError(f"{args.weights}: an exported ONNX file runs in onnxruntime; drop --backend torch")
+    return Detector(args.model, weights=args.weights, device=args.device, image_size=args.image_size,
+                    backend=args.backend, **settings)

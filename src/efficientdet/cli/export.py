@@ -1,0 +1,74 @@
+"""``efficientdet export``: a model as one ONNX file or a TorchScript archive."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..inference.config import DEFAULTS
+from .common import image_size, positive_int, unit_float
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``export``: model + weights -> .onnx or TorchScript file."""
+    p = sub.add_parser(
+        "export",
+        help="export a model to ONNX or TorchScript",
+        description="Export a model to one self-contained ONNX file (or a TorchScript archive). Input: normalised "
+        "float32 (B, 3, S, S). Outputs: raw (B, N, C) logits + (B, N, 4) deltas, or with --nms fixed-size boxes "
+        "(network pixels), scores, labels (-1 = padding) and num_detections.",
+    )
+    p.add_argument("--model", default="efficientdet_d0", help="variant name (default d0)")
+    p.add_argument("--weights", help="checkpoint file or published name (required unless --random-weights)")
+    p.add_argument("--random-weights", action="store_true", help="export random weights (testing only)")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    p.add_argument("--out", help="output file (default <model>.onnx / <model>.pt)")
+    batch = p.add_mutually_exclusive_group()
+    batch.add_argument("--batch", type=positive_int, default=1, help="fixed batch size (default 1)")
+    batch.add_argument("--dynamic-batch", action="store_true", help="variable batch dimension")
+    nms = p.add_mutually_exclusive_group()
+    nms.add_argument("--nms", dest="nms", action="store_true", help="post-processing (top-k, decode, NMS) in the graph")
+    nms.add_argument("--no-nms", dest="nms", action="store_false", help="raw outputs (default)")
+    p.set_defaults(nms=False)
+    p.add_argument("--half", action="store_true", help="float16 weights and compute (input/outputs stay float32)")
+    p.add_argument("--image-size", type=image_size, default=None, help="network input size S")
+    p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset (>= 17, default 17)")
+    p.add_argument("--score-threshold", type=unit_float, default=DEFAULTS.score_threshold,
+                   help=f"--nms: minimum score (default {DEFAULTS.score_threshold})")
+    p.add_argument("--iou", type=unit_float, default=DEFAULTS.iou_threshold,
+                   help=f"--nms: IoU threshold (default {DEFAULTS.iou_threshold})")
+    p.add_argument("--max-det", type=positive_int, default=DEFAULTS.max_det,
+                   help=f"--nms: detections per image (default {DEFAULTS.max_det})")
+    p.add_argument("--no-fuse", dest="fuse", action="store_false", help="keep BatchNorm layers (default: folded)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..factory import create_model
+
+    if args.weights is None and not args.random_weights:
+        raise ConfigError("export needs --weights FILE (or --random-weights for a test export)")
+    if args.weights is not None and args.random_weights:
+        raise ConfigError("pass either --weights or --random-weights, not both")
+    model = create_model(args.model, weights=args.weights, image_size=args.image_size).eval()
+    suffix = ".onnx" if args.format == "onnx" else ".pt"
+    out = Path(args.out) if args.out else Path(f"{model.config.name}{suffix}")
+    common = dict(batch=args.batch, dynamic_batch=args.dynamic_batch, nms=args.nms, half=args.half,
+                  score_threshold=args.score_threshold, iou_threshold=args.iou, max_det=args.max_det, fuse=args.fuse)
+    if args.format == "onnx":
+        from ..export.onnx import export_onnx
+
+        path = export_onnx(model, out, opset=args.opset, **common)
+    else:
+        from ..export.torchscript import export_torchscript
+
+        path = export_torchscript(model, out, **common)
+    size_mb = path.stat().st_size / 1e6
+    kind = "boxes/scores/labels/num_detections" if args.nms else "cls_logits/box_deltas"
+    batch = "dynamic" if args.dynamic_batch else str(args.batch)
+    clip = " (+ optional image_sizes (B, 2) to clip boxes to each image)" if args.nms and args.format == "onnx" else ""
+    hint = "; run it without PyTorch: efficientdet.deploy.OnnxModel" if args.format == "onnx" else ""
+    print(f"wrote {path} ({size_mb:.1f} MB, {args.format}, input images ({batch}, 3, {model.config.image_size}, "
+          f"{model.config.image_size}) normalised float32{clip}, outputs {kind}{hint})")
+    return 0

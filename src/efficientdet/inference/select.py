@@ -1,0 +1,174 @@
+"""The one place that picks a runner for a :class:`~efficientdet.inference.detector.Detector`.
+
+- ``weights`` naming an ``.onnx`` file: :class:`~.onnxrt.OnnxRunner` (onnxruntime, no PyTorch for
+  ``--nms`` files).
+- ``backend="torch"``: :class:`~.torch_runner.TorchRunner` on the model from :func:`efficientdet.create_model`.
+- ``backend="auto"`` (the command line's default): onnxruntime on the CPU when it is installed (the
+  fastest path, BENCHMARKS.md), PyTorch otherwise and for a given model instance or another device.
+- ``backend="onnxruntime"``: the model is exported once to a cache folder keyed by the weights' content
+  hash and the export settings (``$EFFICIENTDET_CACHE/onnx`` or ``~/.cache/efficientdet/onnx``) and run
+  by :class:`~.onnxrt.OnnxRunner`; with hard NMS the post-processing is inside the file (the fastest
+  path, BENCHMARKS.md), with soft-NMS the file has raw outputs and the PyTorch post-processing follows.
+  Either way the detections equal the PyTorch runner's to ~1e-5.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from .config import PostprocessConfig
+from .onnxrt import OnnxRunner, is_onnx_file
+
+BACKENDS = ("auto", "torch", "onnxruntime")
+#: bump when the exported graphs change: old cache entries are then not reused
+GRAPH_FORMAT = "v4"
+
+
+def onnx_cache_dir() -> Path:
+    """Where the onnxruntime backend keeps its exports."""
+    root = os.environ.get("EFFICIENTDET_CACHE")
+    base = Path(root) if root else Path.home() / ".cache" / "efficientdet"
+    return base / "onnx"
+
+
+def _export_settings(settings: PostprocessConfig) -> dict[str, Any]:
+    """What goes into the graph: the NMS settings for hard NMS, nothing for soft-NMS (raw outputs)."""
+    if settings.soft_nms:
+        return {}
+    return dict(score_threshold=settings.score_threshold, iou_threshold=settings.iou_threshold,
+                max_det=settings.max_det, topk=settings.topk)
+
+
+def request_key(model: Any, weights: Any, image_size: int | None, num_classes: int | None,
+                settings: PostprocessConfig, batch: int, opset: int) -> str | None:
+    """Cache key of an export request, computed without PyTorch: the weights file's bytes (or a published
+    name) + the request. ``None`` when the request cannot be cached (random weights, a model instance)."""
+    if weights is None or not (model is None or isinstance(model, str)):
+        return None
+    from .. import __version__
+
+    h = hashlib.sha256()
+    path = Path(weights)
+    if path.is_file():
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    else:  # a published name (downloaded, verified and cached by the weights module)
+        h.update(str(weights).encode())
+    h.update(repr((model, image_size, num_classes, sorted(_export_settings(settings).items()), settings.soft_nms,
+                   batch, opset, GRAPH_FORMAT, __version__)).encode())
+    return h.hexdigest()[:20]
+
+
+def cached_path(key: str, weights: Any, batch: int) -> Path:
+    return onnx_cache_dir() / f"{Path(str(weights)).stem}-b{batch}-{key}.onnx"
+
+
+def export_to_cache(model: Any, path: Path, settings: PostprocessConfig, batch: int = 1, opset: int = 17) -> Path:
+    """Export ``model`` for the onnxruntime backend to ``path`` (atomically: a temporary file, then a rename).
+
+    Hard NMS: the post-processing goes into the graph with ``settings``; soft-NMS: raw outputs. A fixed
+    batch runs ~20% faster in onnxruntime than a dynamic one; other batch sizes are split / zero-padded.
+    """
+    from .onnx_export import export_onnx
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    export_onnx(model, tmp, batch=batch, opset=opset, nms=not settings.soft_nms, **_export_settings(settings))
+    os.replace(tmp, path)
+    return path
+
+
+def onnxruntime_available() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
+
+
+def resolve_backend(backend: str, model: Any, device: Any) -> str:
+    """``auto`` -> ``onnxruntime`` on the CPU when installed (and the model is not a live instance), else ``torch``."""
+    check_backend(backend)
+    if backend != "auto":
+        return backend
+    live = not (model is None or isinstance(model, str | Path))
+    return "onnxruntime" if str(device) == "cpu" and not live and onnxruntime_available() else "torch"
+
+
+def check_backend(backend: str) -> str:
+    """``backend`` if it is known and installed; a one-line :class:`ConfigError` that says what to do otherwise."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "onnxruntime":
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError("--backend onnxruntime needs the onnxruntime package (pip install onnxruntime onnx); "
+                              "or use --backend torch") from exc
+    return backend
+
+
+def build_runner(
+    model: Any = None,
+    weights: str | Path | None = None,
+    backend: str = "torch",
+    device: str | Any = "cpu",
+    image_size: int | None = None,
+    num_classes: int | None = None,
+    optimize: bool | None = None,
+    threads: int | None = None,
+    onnx_path: str | Path | None = None,
+    batch: int = 1,
+    settings: PostprocessConfig | None = None,
+) -> Any:
+    """A runner for the Detector (see the module docstring); arguments as :class:`Detector`'s."""
+    if is_onnx_file(weights) or onnx_path is not None:
+        path = onnx_path if onnx_path is not None else weights
+        if str(device) != "cpu" or image_size is not None:
+            raise ConfigError(f"{path}: an exported ONNX file runs in onnxruntime on the CPU at its exported size; "
+                              "drop --device and --image-size")
+        check_backend("onnxruntime")
+        runner = OnnxRunner(path, threads)
+        if model is not None and not isinstance(model, str | Path):
+            raise ConfigError(f"{path}: pass either a model or an exported file")
+        if isinstance(model, str):
+            from ..variants import get_config
+
+            if get_config(model).name != runner.config.name:
+                raise ConfigError(f"{path}: the file holds {runner.config.name}, not {model}; drop --model")
+        return runner
+    backend = resolve_backend(backend, model, device)
+    if backend == "onnxruntime":
+        if str(device) != "cpu":
+            raise ConfigError("--backend onnxruntime runs on the CPU here; use --device cpu or --backend torch")
+        settings = settings or PostprocessConfig()
+        key = request_key(model, weights, image_size, num_classes, settings, batch, 17)
+        if key is not None and cached_path(key, weights, batch).is_file():  # a second run: no PyTorch needed
+            return OnnxRunner(cached_path(key, weights, batch), threads)
+    import torch
+
+    from ..factory import create_model
+    from ..model.efficientdet import EfficientDet
+    from .torch_runner import TorchRunner
+
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda requested but no CUDA GPU is available; use --device cpu")
+    given = isinstance(model, EfficientDet)
+    net = model if given else create_model(model, weights=weights, num_classes=num_classes, image_size=image_size)
+    if backend == "torch":
+        # a given model may still be training: a fused copy would not follow its weights
+        return TorchRunner(net, device, (not given) if optimize is None else optimize)
+    if key is not None:
+        return OnnxRunner(export_to_cache(net.eval(), cached_path(key, weights, batch), settings, batch), threads)
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="efficientdet-onnx-"))  # random weights or a live model: not cached
+    try:
+        return OnnxRunner(export_to_cache(net.eval(), folder / "model.onnx", settings, batch), threads)
+    finally:  # the session holds the graph in memory
+        shutil.rmtree(folder, ignore_errors=True)

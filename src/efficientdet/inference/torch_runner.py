@@ -1,0 +1,55 @@
+"""The PyTorch network stage of a :class:`~efficientdet.inference.detector.Detector`.
+
+With ``optimize`` the network runs as a BatchNorm-folded, channels-last copy (:mod:`.fuse`), on the
+CPU also with each activation fused into its convolution (:mod:`.mkldnn`): same outputs to ~1e-5,
+about 2x faster on the CPU than the training module.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..model.efficientdet import EfficientDet, flatten_outputs
+
+
+class TorchRunner:
+    """``run(batch, canvas_hw)``: normalised batch -> flattened (B, N, C) logits and (B, N, 4) deltas."""
+
+    outputs = "raw"
+
+    def __init__(self, model: EfficientDet, device: torch.device, optimize: bool) -> None:
+        self.model = model.eval().to(device)
+        self.device = device
+        self.config = model.config
+        self.labels = model.labels
+        self.image_size = model.config.image_size
+        self.mean, self.std = model.config.mean, model.config.std
+        self.channels_last = bool(optimize)  # the preprocessed batch's layout
+        self.network: torch.nn.Module = self.model
+        if optimize:
+            from .fuse import fuse_model
+
+            self.network = fuse_model(self.model).to(device, memory_format=torch.channels_last)
+            if device.type == "cpu":
+                from .mkldnn import fuse_conv_activations, mkldnn_available
+
+                if mkldnn_available():
+                    fuse_conv_activations(self.network)
+
+    def to_tensor(self, batch: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """The preprocessed numpy batch as the (B, 3, S, S) tensor the network takes, on its device."""
+        x = torch.from_numpy(batch) if isinstance(batch, np.ndarray) else batch
+        if x.shape[-1] == 3 and x.shape[1] != 3:  # (B, S, S, 3): a channels-last view, no copy
+            x = x.permute(0, 3, 1, 2)
+        x = x.to(self.device)
+        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+
+    @torch.inference_mode()
+    def run(self, batch: np.ndarray | torch.Tensor, canvas_hw: np.ndarray | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+        cls, box = self.network(self.to_tensor(batch))
+        out = flatten_outputs(cls, box, self.config.num_classes)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return out

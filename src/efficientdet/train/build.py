@@ -1,0 +1,155 @@
+"""The set-up of a training run, one small function per piece: device, data, model, optimisation, loader."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..data import DetectionDataset, TrainTransform, collate, read_dataset
+from ..data.dataset import seed_worker
+from ..data.records import DetectionData
+from ..errors import ConfigError, DataError
+from ..factory import create_model
+from ..model.efficientdet import EfficientDet
+from . import distributed as dist
+from .config import TrainConfig
+from .distributed import EpochBatchSampler
+from .ema import ModelEma
+from .optim import WarmupCosine, build_optimizer
+from .state import TrainState
+
+
+def log(*args: object) -> None:
+    """Print on stderr from the main process only."""
+    if dist.is_main():
+        print(*args, file=sys.stderr, flush=True)
+
+
+def build_device(cfg: TrainConfig) -> torch.device:
+    """The training device; joins the ``torchrun`` process group; sets deterministic algorithms if asked."""
+    device_type = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda requested but no CUDA GPU is available; use --device cpu")
+    dist.init_distributed(device_type)
+    _, local_rank, world = dist.env_world()
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    if cfg.batch_size % world:
+        raise ConfigError(f"--batch-size {cfg.batch_size} (global) must be divisible by the {world} processes")
+    return torch.device(f"cuda:{local_rank}" if device_type == "cuda" else "cpu")
+
+
+def read_split(cfg: TrainConfig, images: str, annotations: str, what: str) -> DetectionData:
+    """One split of the data set, with its load report logged."""
+    names = cfg.names if cfg.format in ("voc", "yolo") or (cfg.format == "auto" and cfg.names) else None
+    data = read_dataset(cfg.format, images, annotations, strict=cfg.strict, class_names=names)
+    summary = data.report.summary()
+    log(f"{what}: {len(data)} images, {data.num_boxes} boxes, {data.num_classes} classes"
+        + (f"; {data.report.total_dropped} dropped" if data.report.total_dropped else ""))
+    if summary:
+        log("\n".join(f"  {line}" for line in summary.splitlines()))
+    return data
+
+
+def build_data(cfg: TrainConfig) -> tuple[DetectionData, DetectionData | None]:
+    """(train, val or None)."""
+    train_data = read_split(cfg, cfg.train_images, cfg.train_annotations, "train")
+    val_data = read_split(cfg, cfg.val_images, cfg.val_annotations, "val") if cfg.val_images else None
+    if len(train_data) < cfg.batch_size:
+        raise DataError(f"{cfg.train_annotations}: {len(train_data)} training images, fewer than "
+                        f"--batch-size {cfg.batch_size}; lower the batch size")
+    return train_data, val_data
+
+
+def build_model(cfg: TrainConfig, data: DetectionData, device: torch.device, resuming: bool) -> EfficientDet:
+    """The model with the data set's labels, initial weights (none when resuming: they come from last.pt),
+    frozen parts, memory format and activation recomputation."""
+    torch.manual_seed(cfg.seed)
+    overrides = dict(cfg.model_overrides)
+    if cfg.image_size is not None:
+        overrides["image_size"] = cfg.image_size
+    model = create_model(
+        cfg.model, num_classes=data.num_classes, weights=None if resuming else cfg.weights,
+        pretrained_backbone=(cfg.pretrained_backbone or False) if not resuming and not cfg.weights else False,
+        class_names=list(data.class_names), category_ids=list(data.category_ids), **overrides,
+    ).to(device)
+    if cfg.freeze_backbone:
+        model.freeze_backbone()
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.recompute_stages is None:  # CPU: ~300 MB less for D0 at batch 4 for ~5% time (BENCHMARKS.md)
+        model.recompute_stages = 0 if device.type == "cuda" else min(2, model.recomputable_stages())
+    else:
+        model.recompute_stages = cfg.recompute_stages
+    return model
+
+
+def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """Mixed-precision dtype (``None`` = float32): fp16 on CUDA, bf16 on CPUs with AMX tiles by default.
+
+    With AVX512-BF16 alone (no AMX) a D0 training step measured 40% slower in bf16 than in float32 on the
+    2-core benchmark machine (BENCHMARKS.md), so those CPUs train in float32 by default.
+    """
+    if cfg.amp is False:
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    if cfg.amp:
+        return torch.bfloat16
+    try:
+        amx = bool(torch.cpu._is_amx_tile_supported())
+    except AttributeError:
+        amx = False
+    return torch.bfloat16 if amx else None
+
+
+def build_state(cfg: TrainConfig, model: EfficientDet, steps_per_epoch: int, device: torch.device,
+                amp: torch.dtype | None) -> TrainState:
+    """EMA, optimizer, warm-up + cosine schedule and (fp16 on CUDA) the loss scaler, all at step 0."""
+    ema = ModelEma(model, cfg.ema_decay, cfg.ema_warmup_steps)
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.peak_lr, cfg.momentum, cfg.weight_decay)
+    total = steps_per_epoch * cfg.epochs
+    schedule = WarmupCosine(cfg.peak_lr, total, round(cfg.warmup_epochs * steps_per_epoch), cfg.warmup_factor)
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 and device.type == "cuda" else None
+    return TrainState(model, ema, optimizer, schedule, scaler)
+
+
+def wrap_distributed(model: EfficientDet, device: torch.device) -> tuple[EfficientDet, nn.Module]:
+    """(model, module to call): in a ``torchrun`` job the DDP wrapper (SyncBatchNorm on CUDA)."""
+    if dist.world_size() <= 1:
+        return model, model
+    if device.type == "cuda":
+        from timm.layers import convert_sync_batchnorm  # keeps timm's BN+activation layers whole
+
+        model = convert_sync_batchnorm(model)
+    return model, nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                      else None)
+
+
+def build_loader(cfg: TrainConfig, data: DetectionData, model: EfficientDet, device: torch.device
+                 ) -> tuple[DataLoader, EpochBatchSampler]:
+    """The training loader: seeded per-epoch order and augmentation (bit-exact resume), workers that ignore
+    Ctrl-C (the main process stops after the current step and shuts them down)."""
+    rank, _, world = dist.env_world()
+    sampler = EpochBatchSampler(len(data), cfg.batch_size, cfg.seed, rank, world)
+    c = model.config
+    transform = TrainTransform(c.image_size, c.mean, c.std, scale_range=(cfg.scale_min, cfg.scale_max),
+                               hflip=cfg.hflip)
+    g = torch.Generator()
+    g.manual_seed(cfg.seed)
+    loader = DataLoader(DetectionDataset(data, transform), batch_sampler=sampler, num_workers=cfg.workers,
+                        collate_fn=collate, worker_init_fn=_init_worker, generator=g,
+                        pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0)
+    return loader, sampler
+
+
+def _init_worker(worker_id: int) -> None:
+    seed_worker(worker_id)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
