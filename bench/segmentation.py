@@ -3,7 +3,7 @@
 Both networks start from random weights (no ImageNet, no COCO), see the same synthetic VOC-layout data
 set (``efficientdet synth --task segment``), the same augmentation (our ``TrainTransform``: flip, scale
 jitter, crop, 255 padding), the same optimiser and schedule (AdamW, 1 warm-up epoch, cosine), batch,
-input size and epochs, and are scored by the same code (:func:`efficientdet.segment.evaluate_segmentation`:
+input size and epochs, and are scored by the same code (:func:`efficientdet.eval.segmentation.evaluate_segmentation`:
 one confusion matrix at each image's original resolution, 255 ignored). FLOPs (multiply-adds, batch 1)
 are counted with PyTorch's flop counter for both at the training input size.
 
@@ -65,7 +65,8 @@ def flops(model: nn.Module, size: int) -> int:
 def train_and_eval(name: str, model: nn.Module, train_data, val_data, args) -> dict:
     from efficientdet.data.segmentation import SegmentationDataset, collate_segmentation
     from efficientdet.data.transforms import TrainTransform
-    from efficientdet.segment import evaluate_segmentation, segmentation_loss
+    from efficientdet.eval.segmentation import evaluate_segmentation
+    from efficientdet.loss import segmentation_loss
 
     torch.manual_seed(args.seed)
     cfg = model.config

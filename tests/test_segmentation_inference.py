@@ -16,9 +16,11 @@ from efficientdet import create_model
 from efficientdet.data.segmentation import read_segmentation
 from efficientdet.data.synth_seg import make_synthetic_segmentation
 from efficientdet.errors import DataError
+from efficientdet.eval.segmentation import evaluate_segmentation, score_mask_folder
 from efficientdet.images import load_image
+from efficientdet.inference.segmenter import Segmenter, logits_to_masks
+from efficientdet.loss import segmentation_loss
 from efficientdet.masks import pixel_counts
-from efficientdet.segment import Segmenter, evaluate_segmentation, logits_to_masks, score_mask_folder, segmentation_loss
 from efficientdet.weights import save_checkpoint
 
 TINY_SEG = dict(image_size=128, fpn_channels=16, fpn_layers=1, seg_channels=16, seg_layers=1)
@@ -86,7 +88,7 @@ def test_checkpoint_keeps_seg_class_names_and_new_class_count(seg_setup, tmp_pat
 
 
 def test_onnx_argmax_export_runs_without_torch(seg_setup, tmp_path):
-    from efficientdet.export.seg_onnx import export_seg_onnx
+    from efficientdet.inference.seg_export import export_seg_onnx
 
     data, model, _ = seg_setup
     onnx_path = export_seg_onnx(model, tmp_path / "seg.onnx", dynamic_batch=True)
@@ -94,7 +96,7 @@ def test_onnx_argmax_export_runs_without_torch(seg_setup, tmp_path):
     code = (
         "import sys, json, numpy as np\n"
         "sys.modules['torch'] = None  # any torch import fails\n"
-        "from efficientdet.deploy_seg import OnnxSegmenter\n"
+        "from efficientdet.deploy import OnnxSegmenter\n"
         f"seg = OnnxSegmenter({str(onnx_path)!r}, threads=1)\n"
         f"masks = seg({files!r}, batch_size=3)\n"
         f"np.save({str(tmp_path / 'm.npy')!r}, np.stack([np.pad(m, ((0, 200 - m.shape[0]), (0, 200 - m.shape[1])))"
@@ -106,8 +108,8 @@ def test_onnx_argmax_export_runs_without_torch(seg_setup, tmp_path):
     assert info["names"] == data.class_names
     assert info["shapes"] == [[s.height, s.width] for s in data.samples]
     # on the canvas the graph's arg-max equals PyTorch's (the fused graph rounds differently: near-ties aside)
+    from efficientdet.inference.segmenter import seg_logits
     from efficientdet.preprocess import preprocess_batch
-    from efficientdet.segment import seg_logits
 
     pils = [load_image(f) for f in files]
     batch, _ = preprocess_batch(pils, 128, model.config.mean, model.config.std, channels_last=False)

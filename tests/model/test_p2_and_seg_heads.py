@@ -14,8 +14,8 @@ from efficientdet.anchors import generate_anchors
 from efficientdet.complexity import measure
 from efficientdet.loss import DetectionLoss
 from efficientdet.matcher import match_anchors
-from efficientdet.model.bifpn import Node, bifpn_nodes
 from efficientdet.model.efficientdet import EfficientDet, flatten_outputs
+from efficientdet.model.feature_network import Node, bifpn_nodes
 from efficientdet.variants import VARIANTS, list_models
 
 TINY = dict(image_size=128, fpn_channels=16, fpn_layers=1, head_layers=1)

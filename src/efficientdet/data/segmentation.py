@@ -105,7 +105,8 @@ class SegmentationData:
 
 class SegmentationDataset(DetectionDataset):
     """``dataset[i] -> (image (3, S, S) float32, target)`` with ``target["mask"]``: the transform's mask
-    (uint8 (S, S), 255-padded, from ``TrainTransform``; the original (H, W) from ``EvalTransform``).
+    (uint8 (S, S), 255-padded, from ``TrainTransform``; a transform that leaves the target as it is keeps
+    the original (H, W) numpy mask).
 
     Reading, seeding and worker safety are :class:`~.dataset.DetectionDataset`'s.
     """

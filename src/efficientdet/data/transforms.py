@@ -14,9 +14,8 @@ mean colour (``preprocess.fill_color(mean)``), so training sees what inference s
 
 A target may also hold ``"mask"``: an (H, W) uint8 map of class indices at the original size
 (segmentation, 255 = ignore). ``TrainTransform`` moves it with the image as a ``tv_tensors.Mask``
-(flip, nearest-neighbour resize, crop) and pads it with 255, giving a uint8 (S, S) tensor;
-``EvalTransform`` returns it unchanged (as a uint8 tensor), since evaluation scores masks at each
-image's original resolution.
+(flip, nearest-neighbour resize, crop) and pads it with 255, giving a uint8 (S, S) tensor.
+Evaluation scores masks at each image's original resolution, so it needs no mask transform.
 
 Randomness comes from the ``generator`` passed to ``TrainTransform.__call__`` (torch's global
 generator when none is given). :func:`efficientdet.data.dataset.make_loader` hands each sample its

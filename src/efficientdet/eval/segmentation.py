@@ -14,10 +14,12 @@ accumulated ``K x K`` confusion matrix ``M[gt, pred]`` (pixel counts):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from ..data.transforms import IGNORE_INDEX
 
@@ -98,3 +100,80 @@ def format_seg_metrics(metrics: dict[str, Any]) -> str:
         acc = "-" if row["accuracy"] is None else f"{row['accuracy']:.4f}"
         lines.append(f"{name:<{width}}  {iou:>7}  {acc:>7}  {row['pixels']:>12,}")
     return "\n".join(lines)
+
+
+def evaluate_segmentation(
+    model: Any,
+    data: Any,
+    batch_size: int = 8,
+    device: Any = None,
+    image_size: int | None = None,
+    save_dir: str | Path | None = None,
+    on_masks: Callable[[list[Any], list[np.ndarray]], None] | None = None,
+) -> dict[str, Any]:
+    """mIoU & co. of ``model`` on a :class:`~efficientdet.data.segmentation.SegmentationData` split.
+
+    Each prediction is made at the original resolution (see
+    :func:`~efficientdet.inference.segmenter.logits_to_masks`) and added to one confusion matrix;
+    ``save_dir`` also writes each predicted mask as ``<stem>.png`` (palette); ``on_masks(samples, masks)``
+    sees every batch (e.g. for overlay plots).
+    """
+    from ..errors import ConfigError
+    from ..images import load_image
+    from ..inference.segmenter import Segmenter
+    from ..masks import save_palette_mask
+
+    if model.config.seg_classes != data.num_classes:
+        raise ConfigError(f"the model predicts {model.config.seg_classes} segmentation classes but the data has "
+                          f"{data.num_classes} ({', '.join(data.class_names[:6])}...); pass the matching --names "
+                          "or weights")
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    segmenter = Segmenter(model, device=device, batch_size=batch_size, image_size=image_size)
+    cm = ConfusionMatrix(data.num_classes)
+    try:
+        for start in range(0, len(data.samples), batch_size):
+            samples = data.samples[start : start + batch_size]
+            masks = segmenter([load_image(s.path) for s in samples])
+            for s, pred in zip(samples, masks):
+                gt = s.load_mask()
+                if pred.shape != gt.shape:  # the image file changed since reading: score at the mask's size
+                    pred = np.asarray(Image.fromarray(pred).resize(gt.shape[::-1], Image.NEAREST))
+                cm.update(pred, gt)
+                if save_dir is not None:
+                    save_palette_mask(pred, Path(save_dir) / f"{Path(s.file_name).stem}.png")
+            if on_masks is not None:
+                on_masks(samples, masks)
+    finally:
+        model.train(was_training)
+    return cm.compute(data.class_names)
+
+
+def score_mask_folder(predictions: str | Path, data: Any) -> dict[str, Any]:
+    """Score a folder of predicted PNG masks (``<image stem>.png``, class indices) against ``data``.
+
+    Raises DataError for a missing or unreadable prediction, or one whose size differs from the
+    ground truth (every image of the split must be predicted).
+    """
+    from ..data.segmentation import read_mask
+    from ..errors import DataError
+
+    folder = Path(predictions)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: predictions folder not found; pass the folder of predicted PNG masks")
+    cm = ConfusionMatrix(data.num_classes)
+    for s in data.samples:
+        path = folder / f"{Path(s.file_name).stem}.png"
+        if not path.is_file():
+            raise DataError(f"{path}: no prediction for {s.file_name}; predict every image of the split")
+        pred = read_mask(path)
+        gt = s.load_mask()
+        if pred.shape != gt.shape:
+            raise DataError(f"{path}: prediction is {pred.shape[1]}x{pred.shape[0]} but the ground truth is "
+                            f"{gt.shape[1]}x{gt.shape[0]}; predict at the original size")
+        bad = pred >= data.num_classes
+        if bad.any():
+            raise DataError(f"{path}: predicted value {int(pred[bad].max())} but there are {data.num_classes} "
+                            "classes; check the class list")
+        cm.update(pred, gt)
+    return cm.compute(data.class_names)

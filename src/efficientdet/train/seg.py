@@ -48,7 +48,7 @@ def batch_masks(targets: list[dict], device: torch.device) -> torch.Tensor:
 def seg_validate(model: torch.nn.Module, data: SegmentationData, batch_size: int, device: torch.device
                  ) -> dict[str, Any]:
     """mIoU & co. of ``model`` (the EMA weights) on ``data``, as ``efficientdet eval --task segment`` computes them."""
-    from ..segment import evaluate_segmentation
+    from ..eval.segmentation import evaluate_segmentation
 
     return evaluate_segmentation(model, data, batch_size=batch_size, device=device)
 
@@ -59,8 +59,8 @@ def overlay_grid(model: torch.nn.Module, data: SegmentationData, path: Path, dev
     from PIL import Image
 
     from ..images import load_image
+    from ..inference.segmenter import Segmenter
     from ..masks import overlay_mask
-    from ..segment import Segmenter
     from .run_dir import image_grid
 
     samples = data.samples[:count]

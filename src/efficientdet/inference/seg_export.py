@@ -2,9 +2,9 @@
 
 Input ``images``: the normalised (B, 3, S, S) letterbox canvas, as for detection. Output ``masks``:
 uint8 (B, S, S) class indices on the canvas (the arg-max over the classes of the logits at input
-resolution). :mod:`efficientdet.deploy_seg` crops each image's region and resizes it (nearest) to the
-original size, without PyTorch. Metadata: the detection file's keys (``outputs`` = ``seg``) plus
-``seg_class_names``.
+resolution). :class:`efficientdet.deploy.OnnxSegmenter` (:mod:`.seg_onnxrt`) crops each image's
+region and resizes it (nearest) to the original size, without PyTorch. Metadata: the detection
+file's keys (``outputs`` = ``seg``) plus ``seg_class_names``.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..segment import seg_logits
 from .fuse import fuse_model
-from .onnx import MIN_OPSET, export_metadata
+from .onnx_export import MIN_OPSET, export_metadata
+from .segmenter import seg_logits
 
 
 class SegGraph(nn.Module):

@@ -1,9 +1,9 @@
-"""Run an exported segmentation network (:func:`efficientdet.export.seg_onnx.export_seg_onnx`) without
+"""Run an exported segmentation network (:func:`efficientdet.inference.seg_export.export_seg_onnx`) without
 PyTorch: onnxruntime, numpy and Pillow only.
 
 image -> letterbox + normalise (numpy) -> onnxruntime (network and arg-max) -> the image's region of
 the canvas label map, resized (nearest) to the original size -> an (H, W) uint8 mask. The PyTorch
-:class:`~efficientdet.segment.Segmenter` resizes the logits (bilinear) before the arg-max instead, so
+:class:`~efficientdet.inference.segmenter.Segmenter` resizes the logits (bilinear) before the arg-max instead, so
 the two can differ along class boundaries of upscaled images; on the canvas they agree.
 """
 
@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from .deploy import make_session, run_in_fixed_batches
-from .errors import WeightsError
-from .images import is_single_image, to_pil
-from .masks import canvas_labels_to_original
-from .preprocess import preprocess_images
+from ..errors import WeightsError
+from ..images import is_single_image, to_pil
+from ..masks import canvas_labels_to_original
+from ..preprocess import preprocess_images
+from .onnxrt import make_session, run_in_fixed_batches
 
 
 class OnnxSegmenter:
