@@ -19,6 +19,8 @@ class Detections:
         labels: (n,) int64, 0-based class index of the model.
         names: class name per detection. category_ids: (n,) original category id per detection.
         image_size: original (width, height). source: the file it came from, if any.
+        mask: joint detection + segmentation models only: (H, W) uint8 class indices at the original
+            size (segmentation classes, background 0); ``None`` otherwise.
     """
 
     boxes: np.ndarray
@@ -29,6 +31,7 @@ class Detections:
     image_size: tuple[int, int]
     source: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    mask: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.scores)

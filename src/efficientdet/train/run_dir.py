@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-COLUMNS = ("epoch", "loss", "cls_loss", "box_loss", "lr", "AP", "AP50", "AP75", "APs", "APm", "APl", "AR100",
-           "nan_steps", "time")
+COLUMNS = ("epoch", "loss", "cls_loss", "box_loss", "seg_loss", "lr", "AP", "AP50", "AP75", "APs", "APm", "APl",
+           "AR100", "mIoU", "pixel_accuracy", "mean_accuracy", "fwIoU", "nan_steps", "time")
 
 
 def next_run_dir(root: str | Path = "runs/train", name: str = "exp") -> Path:
@@ -62,7 +62,8 @@ class MetricsLog:
                 w.writerow({k: ("" if r.get(k) is None or r.get(k) != r.get(k) else r[k]) for k in COLUMNS})
         for k in COLUMNS[1:]:
             if row.get(k) is not None and k not in ("time", "nan_steps"):
-                self.scalar(f"{'val' if k.startswith('A') else 'train'}/{k}", float(row[k]), step)
+                val = k.startswith("A") or k in ("mIoU", "pixel_accuracy", "mean_accuracy", "fwIoU")
+                self.scalar(f"{'val' if val else 'train'}/{k}", float(row[k]), step)
         if self.writer is not None:
             self.writer.flush()
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..loss import DetectionLoss
+from ..loss import DetectionLoss, segmentation_loss
 from ..matcher import match_anchors
 from ..model.efficientdet import flatten_outputs
 from . import distributed as dist
@@ -23,16 +23,21 @@ from .state import TrainState
 @dataclass(frozen=True)
 class StepSetup:
     """What stays fixed over a run: the module to call (the DDP wrapper in a ``torchrun`` job), anchors,
-    loss, device, mixed-precision dtype (``None`` = float32), clipping norm and input memory format."""
+    loss, device, mixed-precision dtype (``None`` = float32), clipping norm and input memory format.
+
+    ``tasks``: ``("detect",)``, ``("segment",)`` or both; a segmentation-only run has no anchors or
+    detection loss (``None``); ``seg_weight`` weighs the segmentation loss in the total."""
 
     forward: nn.Module
-    anchors: torch.Tensor
-    loss_fn: DetectionLoss
+    anchors: torch.Tensor | None
+    loss_fn: DetectionLoss | None
     device: torch.device
     amp_dtype: torch.dtype | None
     clip_grad: float
     channels_last: bool
     trainable: tuple[nn.Parameter, ...]
+    tasks: tuple[str, ...] = ("detect",)
+    seg_weight: float = 1.0
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
@@ -47,24 +52,35 @@ def train_step(state: TrainState, setup: StepSetup, images: torch.Tensor, target
     Skipped (no optimizer step, no EMA update) when the loss or the gradient norm is not finite. The
     learning rate for ``state.step`` is applied first. In a ``torchrun`` job the loss is normalised by the
     positives of the GLOBAL batch, so the averaged DDP gradient equals the single-process gradient of the
-    same global batch. Counters are the caller's.
+    same global batch. The segmentation loss (pixel-wise cross-entropy, 255 ignored, ``targets[i]["mask"]``)
+    is each process's mean over its pixels, added with ``setup.seg_weight``. Counters are the caller's.
     """
     state.schedule.apply(state.optimizer, state.step)
     images = images.to(setup.device, non_blocking=True)
     if setup.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    match = match_anchors(setup.anchors, [x["boxes"] for x in targets], [x["labels"] for x in targets],
-                          [x["iscrowd"] for x in targets])
+    detect = "detect" in setup.tasks
+    if detect:
+        match = match_anchors(setup.anchors, [x["boxes"] for x in targets], [x["labels"] for x in targets],
+                              [x["iscrowd"] for x in targets])
     with setup.autocast():
-        cls, box = setup.forward(images)
-    cls, box = flatten_outputs(cls, box, state.model.config.num_classes)
-    terms = setup.loss_fn(cls, box, match.cls_targets, match.box_targets)
-    loss = terms["loss"]
+        outputs = setup.forward(images)
+    terms: dict[str, torch.Tensor] = {}
+    loss = torch.zeros((), device=setup.device)
     scale = 1.0
-    if dist.world_size() > 1:
-        positives = dist.all_reduce(terms["num_positives"].detach().clone())
-        scale = float(dist.world_size() * (terms["num_positives"] + 1) / (positives + 1))
-        loss = loss * scale
+    if detect:
+        cls, box = flatten_outputs(outputs[0], outputs[1], state.model.config.num_classes)
+        terms = setup.loss_fn(cls, box, match.cls_targets, match.box_targets)
+        loss = terms["loss"]
+        if dist.world_size() > 1:
+            positives = dist.all_reduce(terms["num_positives"].detach().clone())
+            scale = float(dist.world_size() * (terms["num_positives"] + 1) / (positives + 1))
+            loss = loss * scale
+    if "segment" in setup.tasks:
+        masks = torch.stack([x["mask"] for x in targets]).to(setup.device, non_blocking=True).long()
+        seg = segmentation_loss(outputs if isinstance(outputs, torch.Tensor) else outputs[2], masks)
+        terms["seg_loss"] = seg
+        loss = loss + setup.seg_weight * seg  # a per-process mean: DDP's gradient averaging keeps it exact
     finite = dist.all_reduce(torch.isfinite(loss.detach()).float().reshape(1), "min")
     if not bool(finite.item()):
         return None
@@ -87,5 +103,11 @@ def train_step(state: TrainState, setup: StepSetup, images: torch.Tensor, target
     else:
         state.optimizer.step()
     state.ema.update(state.model)
-    return {"loss": float(loss.detach()) / scale, "cls_loss": float(terms["cls_loss"].detach()),
-            "box_loss": float(terms["box_loss"].detach()), "grad_norm": float(norm)}
+    total = float(terms["loss"].detach()) if detect else 0.0
+    if "seg_loss" in terms:
+        total += setup.seg_weight * float(terms["seg_loss"].detach())
+    out = {"loss": total, "grad_norm": float(norm)}
+    for k in ("cls_loss", "box_loss", "seg_loss"):
+        if k in terms:
+            out[k] = float(terms[k].detach())
+    return out
