@@ -127,3 +127,11 @@ def test_onnx_argmax_export_runs_without_torch(seg_setup, tmp_path):
         scale = min(128 / pil.height, 128 / pil.width)
         want = canvas_labels_to_original(onnx_labels[i], pil.width, pil.height, scale)
         np.testing.assert_array_equal(got[i, : s.height, : s.width], want)
+
+
+def test_benchmark_has_segmentation_rows():
+    from efficientdet.benchmark import bench_model
+
+    row = bench_model("d0_seg", image_size=128, runs=1, warmup=1, batch_size=2)
+    assert row.model == "efficientdet_d0_seg" and row.image_size == 128 and row.params > 3_000_000
+    assert row.latency_ms >= row.network_ms > 0 and row.throughput_ips > 0
