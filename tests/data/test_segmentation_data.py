@@ -194,3 +194,15 @@ def test_dataset_collate_and_scale_crop(tmp_path):
 
     _, eval_masks, _ = collate_segmentation([SegmentationDataset(data, as_is)[i] for i in range(3)])
     assert [tuple(m.shape) for m in eval_masks] == [(s.height, s.width) for s in data.samples]
+
+
+def test_synth_command_writes_voc_layout(tmp_path, capsys):
+    from efficientdet.cli import main
+
+    assert main(["synth", str(tmp_path / "s"), "--task", "segment", "--num-train", "2", "--num-val", "1"]) == 0
+    assert "Pascal VOC layout" in capsys.readouterr().out
+    root = tmp_path / "s"
+    assert (root / "ImageSets" / "Segmentation" / "train.txt").read_text().split() == ["00000", "00001"]
+    assert (root / "ImageSets" / "Segmentation" / "val.txt").read_text().split() == ["00002"]
+    assert sorted(p.name for p in (root / "SegmentationClass").iterdir()) == ["00000.png", "00001.png", "00002.png"]
+    assert (root / "labels.txt").read_text().splitlines()[0] == "background"
