@@ -25,6 +25,7 @@ demo: $(VENV)/.installed
 	$(BIN)/python -m efficientdet.demo --out demo_out
 
 test: $(VENV)/.installed-test
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)  # the page test's browser
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 

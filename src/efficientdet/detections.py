@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -88,3 +89,19 @@ class Detections:
         for n in self.names:
             counts[n] = counts.get(n, 0) + 1
         return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+@dataclass
+class PreparedBatch:
+    """Images made ready for a detector's network by its ``prepare`` (the CPU half of a call).
+
+    Attributes:
+        sources: the inputs as given. images: the same as RGB PIL images (original sizes).
+        inputs: the runtime's input (opaque: the network batch, letterbox scales, sizes).
+        preprocess_s: seconds spent preparing.
+    """
+
+    sources: list[Any]
+    images: list[Any]
+    inputs: Any
+    preprocess_s: float

@@ -17,15 +17,22 @@ def class_color(label: int) -> tuple[int, int, int]:
 
 
 def draw_detections(image: Image.Image, det: Detections, width: int | None = None) -> Image.Image:
-    """A copy of ``image`` with each box outlined and labelled ``name score``."""
+    """A copy of ``image`` with each box outlined and labelled ``name score``.
+
+    Detections from a tracker (with a ``track_ids`` array) are coloured by track and labelled
+    ``#id name score``.
+    """
     out = image.convert("RGB").copy()
     draw = ImageDraw.Draw(out)
     font = ImageFont.load_default()
     width = width or max(1, round(max(out.size) / 300))
-    for box, score, label, name in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist(), det.names):
-        color = class_color(int(label))
+    track_ids = getattr(det, "track_ids", None)
+    tracks = [None] * len(det) if track_ids is None else [int(t) for t in track_ids]
+    for box, score, label, name, track in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist(),
+                                              det.names, tracks):
+        color = class_color(int(label) if track is None else track)
         draw.rectangle(box, outline=color, width=width)
-        text = f"{name} {score:.2f}"
+        text = f"{name} {score:.2f}" if track is None else f"#{track} {name} {score:.2f}"
         tx, ty = box[0], max(0, box[1] - 11)
         tw = draw.textlength(text, font=font)
         draw.rectangle([tx, ty, tx + tw + 2, ty + 11], fill=color)

@@ -16,12 +16,12 @@ from ..errors import EfficientDetError
 from .common import Parser
 
 #: the sub-commands, in the order ``--help`` lists them (module names in this package)
-COMMANDS = ("predict", "train", "eval", "export", "benchmark", "models", "synth")
+COMMANDS = ("predict", "train", "eval", "export", "benchmark", "models", "synth", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="efficientdet", description="EfficientDet object detection: predict, train, evaluate, "
-                    "export and benchmark.")
+                    "export, benchmark and serve.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument("--version", action="version", version=f"efficientdet {__import__('efficientdet').__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)

@@ -1,4 +1,5 @@
-"""``efficientdet predict``: detect objects in image files, folders and globs."""
+"""``efficientdet predict``: detect objects in image files, folders and globs, and in videos, stream URLs,
+webcams and image sequences (:func:`efficientdet.video.predict_video`)."""
 
 from __future__ import annotations
 
@@ -101,13 +102,17 @@ def run(args: argparse.Namespace) -> int:
     from ..images import load_image
     from ..visualize import draw_detections
 
-    items, problems = expand_sources(args.sources)
+    images, videos = split_video_sources(args)
+    items, problems = expand_sources(images) if images else ([], [])
     for line in problems:
         print(f"error: {line}", file=sys.stderr)
-    if not items:
-        raise ConfigError("no images to predict on; pass image files, directories or globs")
+    if not items and not videos:
+        raise ConfigError("no images to predict on; pass image files, directories or globs (or a video, a stream "
+                          "URL, an image-sequence pattern, --source 0 for a webcam)")
     kind = _segmentation_weights(args.weights)
     if kind == "segment":
+        if videos:
+            raise ConfigError("segmentation models predict images (--masks); pass image files, not videos")
         return run_segment(args, items, problems)
     if args.masks and kind != "joint":
         raise ConfigError(f"--masks needs a segmentation (or joint) model; {args.weights or 'the model'} only detects")
@@ -150,6 +155,9 @@ def run(args: argparse.Namespace) -> int:
                     img = overlay_mask(img, det.mask)
                 draw_detections(img, det).save(target.with_suffix(target.suffix if target.suffix.lower() in
                                                                   {".jpg", ".jpeg", ".png"} else ".png"))
+    video_code = predict_videos(args, detector, videos) if videos else 0
+    if videos and not items:
+        return video_code
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         doc = {"detections": records, "segmentation": seg_records} if seg_records else records
@@ -163,13 +171,76 @@ def run(args: argparse.Namespace) -> int:
     print(summary)
     if skipped or problems:
         print(f"error: {skipped + len(problems)} input(s) skipped (see above)", file=sys.stderr)
-        return 1
-    return 0
+        return max(1, video_code)
+    return video_code
+
+
+# -- videos, streams, webcams and image sequences (efficientdet.video) ------------------------------------------
+def split_video_sources(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """predict's sources -> (image sources, video sources); --json takes one video source, alone."""
+    import glob
+
+    from ..video import is_video_source
+
+    sources = []
+    for src in [*args.sources, *args.source]:  # a glob of videos ("clips/*.mp4") stands for its files
+        globbed = any(ch in src for ch in "*?[") and not Path(src).exists() and is_video_source(src)
+        sources += sorted(glob.glob(src, recursive=True)) or [src] if globbed else [src]
+    videos = [s for s in sources if is_video_source(s)]
+    if videos and args.json and len(sources) > 1:
+        raise ConfigError(f"--json {args.json} with a video source writes JSON Lines for that one source; got "
+                          f"{len(sources)} sources: run one command per video (or drop --json)")
+    return [s for s in sources if not is_video_source(s)], videos
+
+
+def video_tracker(args: argparse.Namespace, source: object) -> object | None:
+    """The tracker for one video source (a fresh one per source), or None: the hook for --track."""
+    return None
+
+
+def predict_videos(args: argparse.Namespace, detector: object, videos: list[str]) -> int:
+    """Run ``predict_video`` on each video source: 0 = all read whole, 1 = a source stopped early or skipped
+    frames (reported), 2 = a source could not be opened, 130 = interrupted (outputs finalised)."""
+    from ..video import open_source, predict_video
+
+    code = 0
+    for name in videos:
+        try:
+            with open_source(name) as source:
+                summary = predict_video(detector, source, out=args.out, json=args.json, vid_stride=args.vid_stride,
+                                        max_frames=args.max_frames, tracker=video_tracker(args, source),
+                                        batch_size=args.batch_size, progress=sys.stderr.isatty())
+        except EfficientDetError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            code = max(code, exc.exit_code)
+            continue
+        print(summary)
+        for line in summary.problems:
+            print(f"warning: {line}", file=sys.stderr)
+        if summary.skipped:
+            print(f"error: {summary.source}: {summary.skipped} corrupt packet(s) or unreadable frame(s) skipped",
+                  file=sys.stderr)
+            code = max(code, 1)
+        if summary.stopped == "interrupted":
+            print(f"interrupted after {summary.frames} frame(s); the outputs are finalised", file=sys.stderr)
+            return 130
+        if summary.stopped:
+            print(f"error: {summary.source}: stopped early: {summary.stopped}; the outputs hold the "
+                  f"{summary.frames} frame(s) before it", file=sys.stderr)
+            code = max(code, 1)
+    return code
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="detect objects in images", description="Detect objects in images.")
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="image files, directories or globs")
+    p = sub.add_parser("predict", help="detect objects in images and videos",
+                       description="Detect objects in images, videos, streams, webcams and image sequences.")
+    p.add_argument("sources", nargs="*", metavar="SOURCE",
+                   help="image files, directories or globs; video files (mp4, mov, avi, mkv, webm), stream URLs "
+                        "(rtsp://, http(s)://) or image-sequence patterns (frames/%%05d.png)")
+    p.add_argument("--source", action="append", default=[], metavar="SOURCE",
+                   help="another source, e.g. a webcam index (--source 0); repeatable")
+    p.add_argument("--vid-stride", type=positive_int, default=1, help="videos: run on every N-th frame (default 1)")
+    p.add_argument("--max-frames", type=positive_int, default=None, help="videos: stop after N frames")
     add_model_options(p)
     p.add_argument("--score-threshold", type=unit_float, default=PREDICT.score_threshold,
                    help=f"minimum score (default {PREDICT.score_threshold})")
@@ -178,9 +249,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-det", type=positive_int, default=PREDICT.max_det,
                    help=f"detections per image (default {PREDICT.max_det})")
     p.add_argument("--batch-size", type=positive_int, default=1, help="images per forward pass (default 1)")
-    p.add_argument("--out", help="folder for annotated images")
-    p.add_argument("--json", help="write detections as COCO-style results JSON (segmentation models: the pixel count "
-                                  "per class of each image)")
+    p.add_argument("--out", help="folder for annotated images (and OUT/<stem>.mp4 for a video)")
+    p.add_argument("--json", help="write detections as COCO-style results JSON (for a video: JSON Lines, one "
+                                  "record per frame; segmentation models: the pixel count per class of each image)")
     p.add_argument("--masks", metavar="DIR", help="segmentation / joint models: write DIR/<stem>.png, a palette PNG of "
                                                   "class indices at the original size")
     p.set_defaults(func=run)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..detections import Detections
+from ..detections import Detections, PreparedBatch
 from ..errors import ConfigError
 from ..images import is_single_image, to_pil
 from ..preprocess import preprocess_images
@@ -160,10 +160,21 @@ class Detector:
             results.extend(self._run(items[start : start + batch_size]))
         return results
 
-    def _run(self, chunk: list[ImageInput]) -> list[Detections]:
+    def prepare(self, images: Sequence[ImageInput]) -> PreparedBatch:
+        """The CPU half of a call: images -> RGB PIL images + the letterboxed, normalised batch.
+
+        Thread-safe: a pipeline (:mod:`efficientdet.pipeline`) prepares the next batch with it while
+        :meth:`detect_prepared` runs the network on this one. ``detect_prepared(prepare(x))`` equals
+        ``self(x, batch_size=len(x))``.
+        """
         t0 = time.perf_counter()
-        pils = [to_pil(x) for x in chunk]
-        batch, scales, sizes = self.preprocess(pils)
+        pils = [to_pil(x) for x in images]
+        inputs = self.preprocess(pils)
+        return PreparedBatch(list(images), pils, inputs, time.perf_counter() - t0)
+
+    def detect_prepared(self, prepared: PreparedBatch) -> list[Detections]:
+        """Runner + post-processing of a :meth:`prepare`'d batch -> one :class:`Detections` per image."""
+        batch, scales, sizes = prepared.inputs
         t1 = time.perf_counter()
         outputs = self.forward_network(batch, sizes.astype(np.float32) * scales.astype(np.float32)[:, None])
         seg = None
@@ -171,22 +182,25 @@ class Detector:
             seg, outputs = outputs[2], outputs[:2]
         t2 = time.perf_counter()
         outs = self.postprocess_outputs(outputs, scales, sizes)
-        masks: list[Any] = [None] * len(pils)
+        masks: list[Any] = [None] * len(prepared.images)
         if seg is not None:
             from .segmenter import logits_to_masks
 
-            masks = logits_to_masks(seg, [img.size for img in pils], scales.tolist())
+            masks = logits_to_masks(seg, [img.size for img in prepared.images], scales.tolist())
         t3 = time.perf_counter()
-        n = len(chunk)
-        timings = {"preprocess_ms": (t1 - t0) * 1e3 / n, "inference_ms": (t2 - t1) * 1e3 / n,
+        n = len(prepared.images)
+        timings = {"preprocess_ms": prepared.preprocess_s * 1e3 / n, "inference_ms": (t2 - t1) * 1e3 / n,
                    "postprocess_ms": (t3 - t2) * 1e3 / n}
         names = self.labels.display_names
         results = [Detections.from_arrays(b, s, lab, names, self.labels.category_ids, (img.width, img.height), src,
                                           timings)
-                   for src, img, (b, s, lab) in zip(chunk, pils, outs)]
+                   for src, img, (b, s, lab) in zip(prepared.sources, prepared.images, outs)]
         for det, mask in zip(results, masks):
             det.mask = mask
         return results
+
+    def _run(self, chunk: list[ImageInput]) -> list[Detections]:
+        return self.detect_prepared(self.prepare(chunk))
 
 
 def _check_within(runner: Any, exported: PostprocessConfig, wanted: PostprocessConfig) -> None:

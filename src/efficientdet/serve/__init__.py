@@ -1,0 +1,14 @@
+"""``efficientdet serve``: an HTTP detection service (FastAPI on uvicorn) with batching, metrics and a page.
+
+    from efficientdet.serve import ServeSettings, build_detector, create_app
+    app = create_app(build_detector("d0.pt"), ServeSettings(max_batch=8))  # any ASGI server runs it
+
+See :mod:`efficientdet.serve.app` for the endpoints and the README's "Serve" section for examples.
+"""
+
+from __future__ import annotations
+
+from .app import ServeSettings, create_app, create_app_from_env
+from .engine import Engine, Options, build_detector
+
+__all__ = ["Engine", "Options", "ServeSettings", "build_detector", "create_app", "create_app_from_env"]

@@ -1,0 +1,102 @@
+"""``efficientdet predict`` on videos, streams and image sequences, and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from efficientdet.cli import main
+from efficientdet.errors import ConfigError
+
+from .conftest import FPS, decode_all, make_video
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    pass
+
+
+def test_predict_video_file(tmp_path, clip, tiny_weights, capsys):
+    out, js = tmp_path / "annotated", tmp_path / "d.jsonl"
+    code = main(["predict", str(clip), "--weights", str(tiny_weights), "--out", str(out), "--json", str(js),
+                 "--vid-stride", "2", "--max-frames", "5", "--score-threshold", "0.2"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "clip.mp4: 5 frame(s) 320x192 at 25 fps" in printed and "frames/s" in printed
+    lines = [json.loads(line) for line in js.read_text().splitlines()]
+    assert [r["frame"] for r in lines] == [0, 2, 4, 6, 8]
+    assert {d["category_id"] for r in lines for d in r["detections"]} <= {3, 7}
+    frames, _, info = decode_all(out / "clip.mp4")
+    assert len(frames) == 5 and info["rate"] == FPS / 2
+
+
+def test_predict_images_and_a_sequence_together(tmp_path, tiny_weights, photo_files, capsys):
+    from PIL import Image
+
+    from .conftest import scene
+
+    (tmp_path / "seq").mkdir()
+    for i in range(3):
+        Image.fromarray(scene(i, 64, 48)).save(tmp_path / "seq" / f"f{i:03d}.jpg")
+    out = tmp_path / "out"
+    code = main(["predict", str(photo_files[0]), str(tmp_path / "seq" / "f%03d.jpg"), "--weights", str(tiny_weights),
+                 "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "wide.jpg: 320x200" in printed and "3 frame(s) 64x48 at 30 fps" in printed
+    assert (out / "wide.jpg").is_file() and len(decode_all(out / "seq.mp4")[0]) == 3
+
+
+def test_predict_stream_that_drops(tmp_path, http_root, tiny_weights, capsys):
+    base, root = http_root
+    make_video(root / "live.ts", frames=48)
+    code = main(["predict", f"{base}/drop/live.ts", "--weights", str(tiny_weights), "--out", str(tmp_path),
+                 "--json", str(tmp_path / "l.jsonl")])
+    err = capsys.readouterr().err
+    assert code == 1 and "stopped early: the stream dropped after" in err
+    n = len((tmp_path / "l.jsonl").read_text().splitlines())
+    assert 0 < n < 48 and len(decode_all(tmp_path / "live.mp4")[0]) == n
+
+
+@pytest.mark.parametrize(("make", "needle"), [
+    ("truncated", "cut.mp4: cannot open the video (Invalid data found when processing input)"),
+    ("webcam", "webcam 0: /dev/video0 does not exist"),
+    ("json-two", "--json"),
+])
+def test_predict_video_errors_are_one_line(tmp_path, clip, tiny_weights, make, needle):
+    if make == "truncated":
+        data = clip.read_bytes()
+        (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])
+        args = [str(tmp_path / "cut.mp4")]
+    elif make == "webcam":
+        args = ["--source", "0"]
+        if __import__("os").path.exists("/dev/video0"):
+            args = ["--source", "63"]
+            needle = "webcam 63: /dev/video63 does not exist"
+    else:
+        args = [str(clip), str(clip), "--json", str(tmp_path / "x.jsonl")]
+    proc = subprocess.run([sys.executable, "-m", "efficientdet", "predict", *args, "--weights", str(tiny_weights)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_sources_are_split_into_images_and_videos(tmp_path, photo_files):
+    import argparse
+
+    from efficientdet.cli.predict import split_video_sources
+
+    for name in ("b.mp4", "a.mp4", "c.mkv"):
+        (tmp_path / name).write_bytes(b"")
+    args = argparse.Namespace(sources=[str(photo_files[0]), str(tmp_path / "*.mp4"), "rtsp://cam/live",
+                                       "f/%04d.png"], source=["0"], json=None)
+    images, videos = split_video_sources(args)
+    assert images == [str(photo_files[0])]
+    assert videos == [str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4"), "rtsp://cam/live", "f/%04d.png", "0"]
+    args.json = "x.jsonl"
+    with pytest.raises(ConfigError, match="run one command per video"):
+        split_video_sources(args)
