@@ -138,6 +138,12 @@ def test_joint_detection_and_segmentation(tmp_path):
     (det,) = Detector(weights=str(out / "weights" / "best.pt"), score_threshold=0.0)([images + "/000.png"])
     assert det.mask is not None and det.mask.shape == (112, 128) and det.mask.dtype == np.uint8
     assert det.mask.max() <= 2
+    # the command line: boxes and a mask per image (the auto backend stays on PyTorch for the masks)
+    assert main(["predict", images + "/000.png", "--weights", str(out / "weights" / "best.pt"), "--masks",
+                 str(tmp_path / "m"), "--json", str(tmp_path / "j.json"), "--score-threshold", "0.0"]) == 0
+    doc = json.loads((tmp_path / "j.json").read_text())
+    assert doc["detections"] and doc["segmentation"][0]["file_name"] == "000.png"
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "m" / "000.png")), det.mask)
 
 
 def test_task_errors(seg_data, tmp_path, capsys):

@@ -117,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
     if args.masks and kind != "joint":
         raise ConfigError(f"--masks needs a segmentation (or joint) model; {args.weights or 'the model'} only detects")
     seg_records: list[dict] = []
+    if kind == "joint" and args.backend == "auto":
+        args.backend = "torch"  # the segmentation output of a joint model comes from the PyTorch runner
     detector = make_detector(args, score_threshold=args.score_threshold, iou_threshold=args.iou,
                              max_det=args.max_det, soft_nms=args.soft_nms or None)
     out_dir = Path(args.out) if args.out else None
