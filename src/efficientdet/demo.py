@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=26)
     parser.add_argument("--num-train", type=int, default=320)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--seg-epochs", type=int, default=8, help="epochs of the segmentation demo (0: skip it)")
+    parser.add_argument("--seg-epochs", type=int, default=16, help="epochs of the segmentation demo (0: skip it)")
     args = parser.parse_args(argv)
     from .memory import tune_malloc
 

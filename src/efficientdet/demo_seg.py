@@ -20,7 +20,7 @@ DEMO_SEG_DATA = {"image_size": ((160, 200), (150, 200)), "max_objects": 4, "min_
                  "max_object_frac": 0.6}
 
 
-def run_seg_demo(out: str | Path = "demo_out/seg", epochs: int = 8, num_train: int = 160, num_val: int = 30,
+def run_seg_demo(out: str | Path = "demo_out/seg", epochs: int = 16, num_train: int = 160, num_val: int = 30,
                  image_size: int = 160, workers: int = 1, seed: int = 0) -> dict:
     """Generate data, train, evaluate and predict; returns ``{"metrics", "train_seconds", "run_dir",
     "predictions"}`` (``metrics``: ``efficientdet eval --task segment`` numbers of the best EMA weights)."""
