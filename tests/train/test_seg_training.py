@@ -153,3 +153,47 @@ def test_task_errors(seg_data, tmp_path, capsys):
     assert rc == 2 and "needs COCO json annotations" in capsys.readouterr().err
     rc = main(["eval", "--task", "segment", "--images", images, "--annotations", root])
     assert rc == 2 and "needs --weights and --images" in capsys.readouterr().err
+
+
+def test_two_processes_match_one_segmentation(seg_data, tmp_path):
+    """torchrun (2 CPU processes, gloo) equals one process on the same global batch (as for detection,
+    tests/train/test_distributed.py): the segmentation loss is a mean over the global batch's labelled
+    pixels, so the averaged gradient is the single-process one (BN frozen, no stochastic depth)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import torch
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root, images = str(seg_data["root"]), str(seg_data["images"])
+    common = [a for a in COMMON if a != "--deterministic"]
+
+    def args(out):
+        return ["train", "--task", "segment", "--model", "d0_seg", "--train-images", images, "--train-annotations",
+                root, "--names", str(seg_data["labels"]), "--epochs", "1", "--out", str(out), "--freeze-bn",
+                "--no-plots", *common, *TINY_SEG]
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(port), "-m", "efficientdet", *args(tmp_path / "two")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es)" in proc.stderr
+    assert main(args(tmp_path / "one")) == 0
+    a = load_checkpoint(tmp_path / "two" / "weights" / "last.pt").extra["train"]["model"]
+    b = load_checkpoint(tmp_path / "one" / "weights" / "last.pt").extra["train"]["model"]
+    moved = differ = 0.0
+    for key in b:
+        if b[key].is_floating_point():
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6, msg=key)
+            differ = max(differ, (a[key] - b[key]).abs().max().item())
+    from efficientdet import create_model
+
+    torch.manual_seed(0)
+    init = create_model("d0_seg", image_size=128, seg_classes=5, fpn_channels=16, fpn_layers=1, seg_channels=16,
+                        seg_layers=1, backbone_drop_path=0.0).state_dict()
+    moved = max((b[k] - init[k]).abs().max().item() for k in b if b[k].is_floating_point())
+    assert moved > 1e-3 and differ < moved * 1e-3, (moved, differ)

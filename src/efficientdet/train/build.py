@@ -173,8 +173,11 @@ def wrap_distributed(model: EfficientDet, device: torch.device) -> tuple[Efficie
         from timm.layers import convert_sync_batchnorm  # keeps timm's BN+activation layers whole
 
         model = convert_sync_batchnorm(model)
+    # a segmentation-only network with the P2 classifier does not use the last feature-network layer's
+    # P3..P7 outputs (their nodes get no gradient): DDP must be told, or it waits for them forever
+    unused = not model.config.detect and model.config.seg_head == "p2"
     return model, nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                      else None)
+                                                      else None, find_unused_parameters=unused)
 
 
 def build_loader(cfg: TrainConfig, data: DetectionData, model: EfficientDet, device: torch.device

@@ -52,8 +52,9 @@ def train_step(state: TrainState, setup: StepSetup, images: torch.Tensor, target
     Skipped (no optimizer step, no EMA update) when the loss or the gradient norm is not finite. The
     learning rate for ``state.step`` is applied first. In a ``torchrun`` job the loss is normalised by the
     positives of the GLOBAL batch, so the averaged DDP gradient equals the single-process gradient of the
-    same global batch. The segmentation loss (pixel-wise cross-entropy, 255 ignored, ``targets[i]["mask"]``)
-    is each process's mean over its pixels, added with ``setup.seg_weight``. Counters are the caller's.
+    same global batch. The segmentation loss (pixel-wise cross-entropy, 255 ignored, ``targets[i]["mask"]``,
+    weighted by ``setup.seg_weight``) is likewise a mean over the labelled pixels of the global batch.
+    Counters are the caller's.
     """
     state.schedule.apply(state.optimizer, state.step)
     images = images.to(setup.device, non_blocking=True)
@@ -80,7 +81,10 @@ def train_step(state: TrainState, setup: StepSetup, images: torch.Tensor, target
         masks = torch.stack([x["mask"] for x in targets]).to(setup.device, non_blocking=True).long()
         seg = segmentation_loss(outputs if isinstance(outputs, torch.Tensor) else outputs[2], masks)
         terms["seg_loss"] = seg
-        loss = loss + setup.seg_weight * seg  # a per-process mean: DDP's gradient averaging keeps it exact
+        if dist.world_size() > 1:  # a mean over the GLOBAL batch's labelled pixels, as in one process
+            valid = (masks != 255).sum().float().reshape(1)
+            seg = seg * (dist.world_size() * valid / dist.all_reduce(valid.clone()).clamp(min=1))[0]
+        loss = loss + setup.seg_weight * seg
     finite = dist.all_reduce(torch.isfinite(loss.detach()).float().reshape(1), "min")
     if not bool(finite.item()):
         return None
