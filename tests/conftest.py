@@ -7,10 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("EFFICIENTDET_OFFLINE", "1")
+
+# Property tests: the same examples on every CI run (CI sets CI=true), so a red build is reproducible and
+# a green one did not pass by luck of the draw; random exploration elsewhere. HYPOTHESIS_PROFILE overrides.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("dev", print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
 
 
 def make_photo(path: Path, width: int, height: int, seed: int = 0) -> Path:
@@ -28,11 +35,21 @@ def make_photo(path: Path, width: int, height: int, seed: int = 0) -> Path:
     return path
 
 
+def _photos(folder: Path) -> list[Path]:
+    return [
+        make_photo(folder / "wide.jpg", 320, 200, 1),
+        make_photo(folder / "tall.png", 150, 260, 2),
+        make_photo(folder / "square.jpg", 128, 128, 3),
+    ]
+
+
 @pytest.fixture
 def photo_files(tmp_path: Path) -> list[Path]:
     """Three real image files of different sizes and formats."""
-    return [
-        make_photo(tmp_path / "wide.jpg", 320, 200, 1),
-        make_photo(tmp_path / "tall.png", 150, 260, 2),
-        make_photo(tmp_path / "square.jpg", 128, 128, 3),
-    ]
+    return _photos(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def session_photo_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """The same three files, made once per session (for module- and session-scoped fixtures)."""
+    return _photos(tmp_path_factory.mktemp("photos"))

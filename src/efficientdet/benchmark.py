@@ -149,28 +149,45 @@ def run_benchmark(
     """Benchmark ``models`` in order; with ``budget_ms`` stop after the first one over budget.
 
     Returns a JSON-ready dict: environment, settings, ``results`` (list of :class:`BenchResult` dicts)
-    and, with a budget, ``within_budget`` (largest variant meeting it, or None).
+    and, with a budget, what :func:`budget_choice` reports (``within_budget``, ``over_budget``, ``skipped``).
     """
     results: list[BenchResult] = []
-    within = None
     for name in models:
         r = bench_model(name, **kwargs)  # type: ignore[arg-type]
         results.append(r)
         if progress:
             print(format_row(r), flush=True)
-        if budget_ms is not None:
-            if r.latency_ms > budget_ms:
-                break
-            within = r.model
+        if budget_ms is not None and r.latency_ms > budget_ms:
+            break
     return {
         "machine": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         **{k: v for k, v in kwargs.items()},
         "budget_ms": budget_ms,
-        "within_budget": within,
+        **budget_choice(results, budget_ms, models),
         "results": [asdict(r) for r in results],
     }
+
+
+def budget_choice(results: list[BenchResult], budget_ms: float | None, models: list[str] | None = None) -> dict:
+    """The largest variant whose batch-1 latency fits ``budget_ms``, from rows measured small to large.
+
+    Returns ``within_budget`` (the last row before the first one over budget, or None),
+    ``over_budget`` (that first row's name, excluded; empty without a budget or when all fit) and
+    ``skipped`` (the ``models`` after it: larger, so not measured, or not considered in a saved report).
+    """
+    if budget_ms is None:
+        return {"within_budget": None, "over_budget": [], "skipped": []}
+    within, over = None, []
+    for r in results:
+        if r.latency_ms > budget_ms:
+            over.append(r.model)
+            break
+        within = r.model
+    names = [get_config(m).name for m in models or []]
+    after = names[names.index(over[0]) + 1 :] if over and over[0] in names else []
+    return {"within_budget": within, "over_budget": over, "skipped": after}
 
 
 HEADER = (f"{'model':<20}{'params':>9}{'FLOPs':>9}{'latency':>10}{'(pre':>8}{'net':>9}{'post)':>8}"
@@ -187,5 +204,11 @@ def format_table(report: dict) -> str:
     """The report as a Table-2-style text table (latency = batch 1; throughput at the batch size)."""
     lines = [HEADER] + [format_row(BenchResult(**r)) for r in report["results"]]
     if report.get("budget_ms") is not None:
-        lines.append(f"largest variant within {report['budget_ms']:g} ms: {report['within_budget'] or 'none'}")
+        line = f"largest variant within {report['budget_ms']:g} ms: {report['within_budget'] or 'none'}"
+        latency = {r["model"]: r["latency_ms"] for r in report["results"]}
+        if report.get("over_budget"):
+            line += "; over budget: " + ", ".join(f"{m} ({latency[m]:.1f} ms)" for m in report["over_budget"])
+        if report.get("skipped"):
+            line += "; skipped: " + ", ".join(report["skipped"])
+        lines.append(line)
     return "\n".join(lines)

@@ -41,6 +41,24 @@ def assert_same_detections(boxes, scores, labels, got, box_atol: float = 1e-3, s
         assert ((got.labels == label) & close).any(), f"detection {box} {score} {label} not found"
 
 
+def assert_same_records(got: list[dict], want: list[dict], box_atol: float = 5e-3, score_atol: float = 2e-5) -> None:
+    """Equal ``predict --json`` records (COCO results: bbox [x, y, w, h] rounded to 1e-3, score to 1e-5), image by
+    image, up to the order of (nearly) tied scores: each record is matched by category, score and box."""
+    files = sorted({r["file_name"] for r in want})
+    assert files == sorted({r["file_name"] for r in got}) and files
+    for name in files:
+        g = [r for r in got if r["file_name"] == name]
+        w = [r for r in want if r["file_name"] == name]
+        assert len(g) == len(w) > 0, name
+        np.testing.assert_allclose([r["score"] for r in g], [r["score"] for r in w], atol=score_atol, rtol=0)
+        boxes = np.array([r["bbox"] for r in w])
+        scores = np.array([r["score"] for r in w])
+        ids = np.array([r["category_id"] for r in w])
+        for r in g:
+            close = (np.abs(boxes - r["bbox"]).max(axis=1) <= box_atol) & (np.abs(scores - r["score"]) <= score_atol)
+            assert ((ids == r["category_id"]) & close).any(), f"{name}: {r} not in the reference records"
+
+
 def test_onnx_raw_export_dynamic_batch(tmp_path, tiny_checkpoint):
     out = tmp_path / "onnx" / "tiny.onnx"
     rc = main(["export", "--model", "d0", "--weights", str(tiny_checkpoint), "--out", str(out), "--dynamic-batch"])

@@ -54,7 +54,7 @@ def test_optimized_detector_equals_plain(make_tiny_model, photo_files):
     model = make_tiny_model(2)
     plain = Detector(model, score_threshold=0.05)
     fast = Detector(model, score_threshold=0.05, optimize=True)
-    assert fast.network is not fast.model and plain.network is plain.model
+    assert fast.runner.network is not fast.model and plain.runner.network is plain.model
     for a, b in zip(fast([str(p) for p in photo_files]), plain([str(p) for p in photo_files])):
         assert len(a) == len(b) > 0
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
 import shutil
 import signal
@@ -76,25 +77,62 @@ def test_resume_from_epoch_end_is_exact(run_a) -> None:
     assert _equal_states(a.extra["train"]["model"], c.extra["train"]["model"]) == []  # raw weights
 
 
+def _file_version(path) -> tuple[int, int] | None:
+    """(inode, mtime) of ``path``: changes with every atomic rewrite (checkpoints are renamed into place)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def _wait_for_new_version(path, proc, previous, timeout: float = 120.0) -> tuple[tuple[int, int], float]:
+    """Poll until ``path`` is rewritten (or first written); returns its new version and the time it was seen."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        version = _file_version(path)
+        if version is not None and version != previous:
+            return version, time.monotonic()
+        assert proc.poll() is None, f"the run ended (rc {proc.returncode}) before {path} was rewritten"
+        time.sleep(0.005)
+    raise AssertionError(f"{path} not rewritten within {timeout} s")
+
+
 def test_sigkill_then_resume_is_exact(run_a, tiny_data, tmp_path) -> None:
-    """Kill a CLI run at a random moment after its first mid-epoch checkpoint, resume, compare."""
+    """SIGKILL a CLI run mid-way, check the kill landed before the run ended, resume, compare with run_a.
+
+    The run has 2 epochs x 2 steps and checkpoints after every step. The kill comes a random fraction
+    of one measured step after the second checkpoint, so it lands in step 3 (or while step 3's
+    checkpoint is written) and never after step 4, whatever the machine's speed.
+    """
     result_a, _ = run_a
+    total_steps = result_a.step
+    assert total_steps == 4
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "efficientdet", *cli_args(tiny_data, out, "--deterministic",
                                                            "--save-interval-steps", "1")]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     last = out / "weights" / "last.pt"
-    deadline = time.time() + 60
-    while not last.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    time.sleep(random.uniform(0.0, 0.4))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = load_checkpoint(last).extra["train"]
-    resumed = train(resume=out)
+    try:
+        first, t1 = _wait_for_new_version(last, proc, None)  # after step 1
+        _, t2 = _wait_for_new_version(last, proc, first)  # after step 2 (end of epoch 1)
+        time.sleep(random.uniform(0.0, 0.5) * (t2 - t1))
+        still_running = proc.poll() is None
+        proc.send_signal(signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert still_running and proc.returncode == -signal.SIGKILL, (proc.returncode, err.decode()[-2000:])
+    killed_at = load_checkpoint(last).extra["train"]  # the last complete checkpoint survives the kill
     note = f"killed after step {killed_at['step']} (epoch {killed_at['epoch']}, batch {killed_at['batch_in_epoch']})"
-    assert resumed.step == result_a.step and resumed.epochs_completed == 2, note
+    assert 2 <= killed_at["step"] < total_steps and killed_at["epoch"] < 2, note
+    assert [r["epoch"] for r in read_metrics(out / "metrics.csv")] == [1.0], note  # epoch 2 never finished
+    resumed = train(resume=out)
+    assert resumed.step == total_steps and resumed.epochs_completed == 2, note
+    assert [r["epoch"] for r in read_metrics(out / "metrics.csv")] == [1.0, 2.0], note  # the rest, once
     a, b = load_checkpoint(result_a.last), load_checkpoint(resumed.last)
+    assert b.extra["train"]["step"] == total_steps and b.extra["train"]["epoch"] == 2, note
     assert _equal_states(a.state_dict, b.state_dict) == [], note
     assert _equal_states(a.extra["train"]["model"], b.extra["train"]["model"]) == [], note
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..inference.config import PREDICT
 from .common import image_size, positive_float, positive_int, unit_float
 
@@ -35,6 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", help="write the results as JSON")
     p.add_argument("--budget-ms", type=positive_float, default=None,
                    help="find the largest variant whose batch-1 latency fits (measured small to large)")
+    p.add_argument("--from-json", metavar="REPORT",
+                   help="with --budget-ms: choose from a report written by --json (e.g. measured on the target "
+                        "machine) instead of measuring")
     p.set_defaults(func=run)
 
 
@@ -44,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from ..benchmark import HEADER, format_table, run_benchmark
     from ..variants import get_config
 
+    if args.from_json:
+        return _budget_from_report(args)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not models:
         raise ConfigError("--models is empty; pass e.g. --models d0,d1")
@@ -57,6 +62,28 @@ def run(args: argparse.Namespace) -> int:
                            image_size=args.image_size, score_threshold=args.score_threshold)
     if args.budget_ms is not None:
         print(format_table(report).splitlines()[-1])
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+def _budget_from_report(args: argparse.Namespace) -> int:
+    """``benchmark --from-json REPORT --budget-ms B``: the budget applied to a saved report's rows, in their order."""
+    from ..benchmark import BenchResult, budget_choice, format_table
+
+    if args.budget_ms is None:
+        raise ConfigError("--from-json needs --budget-ms: it only chooses a variant from a saved report")
+    path = Path(args.from_json)
+    try:
+        report = json.loads(path.read_text())
+        rows = [BenchResult(**r) for r in report["results"]]
+    except FileNotFoundError:
+        raise DataError(f"--from-json {path}: no such file; pass a report written by 'benchmark --json'") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"--from-json {path}: not a report written by 'benchmark --json' ({exc})") from None
+    report.update(budget_ms=args.budget_ms, **budget_choice(rows, args.budget_ms, [r.model for r in rows]))
+    print(format_table(report))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")

@@ -58,7 +58,8 @@ def run_segment(args: argparse.Namespace, items: list, problems: list[str]) -> i
         from ..inference.segmenter import Segmenter
 
         segmenter = Segmenter(create_model(args.model, weights=args.weights, image_size=args.image_size),
-                              device=args.device, batch_size=args.batch_size)
+                              device=args.device,
+                              batch_size=args.batch_size if isinstance(args.batch_size, int) else 1)
     names = segmenter.class_names
     out_dir = Path(args.out) if args.out else None
     records, skipped = [], 0
@@ -99,9 +100,6 @@ def is_onnx(weights: str | None) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     """``efficientdet predict``: 0 when every input was processed, 1 when some were skipped."""
-    from ..images import load_image
-    from ..visualize import draw_detections
-
     images, videos = split_video_sources(args)
     items, problems = expand_sources(images) if images else ([], [])
     for line in problems:
@@ -124,39 +122,20 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out) if args.out else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
-    records: list[dict] = []
-    skipped = 0
-    total = 0
-    for start in range(0, len(items), args.batch_size):
-        chunk = items[start : start + args.batch_size]
-        images, names = [], []
-        for path, name in chunk:
-            try:
-                images.append(load_image(path))
-                names.append(name)
-            except EfficientDetError as exc:
-                skipped += 1
-                print(f"error: {exc} (skipped)", file=sys.stderr)
-        if not images:
-            continue
-        for name, img, det in zip(names, images, detector(images, batch_size=args.batch_size)):
-            total += len(det)
-            counts = ", ".join(f"{n} {c}" for c, n in det.counts().items()) or "no detections"
-            t = det.timings
-            print(f"{name}: {img.width}x{img.height} {counts} ({t['preprocess_ms']:.1f} ms preprocess, "
-                  f"{t['inference_ms']:.1f} ms inference, {t['postprocess_ms']:.1f} ms postprocess)")
-            records.extend(det.to_coco(file_name=name))
-            if det.mask is not None:
-                seg_records.append(_save_mask(args, name, det.mask, detector.model.seg_class_names))
-            if out_dir:
-                target = out_dir / name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                if det.mask is not None:
-                    from ..masks import overlay_mask
+    batch_size = auto_batch_size(args, detector)
 
-                    img = overlay_mask(img, det.mask)
-                draw_detections(img, det).save(target.with_suffix(target.suffix if target.suffix.lower() in
-                                                                  {".jpg", ".jpeg", ".png"} else ".png"))
+    def report(name: str, img: object, det: object) -> None:
+        counts = ", ".join(f"{n} {c}" for c, n in det.counts().items()) or "no detections"
+        t = det.timings
+        print(f"{name}: {img.width}x{img.height} {counts} ({t['preprocess_ms']:.1f} ms preprocess, "
+              f"{t['inference_ms']:.1f} ms inference, {t['postprocess_ms']:.1f} ms postprocess)", flush=True)
+        if det.mask is not None:  # a joint model: its mask too (--masks, --json)
+            seg_records.append(_save_mask(args, name, det.mask, detector.model.seg_class_names))
+
+    from ..folder import predict_files
+
+    result = predict_files(detector, items, out_dir, batch_size=batch_size, on_image=report)
+    records, total, skipped = result.records, result.detections, len(result.skipped)
     video_code = predict_videos(args, detector, videos) if videos else 0
     if videos and not items:
         return video_code
@@ -211,7 +190,7 @@ def predict_videos(args: argparse.Namespace, detector: object, videos: list[str]
             with open_source(name) as source:
                 summary = predict_video(detector, source, out=args.out, json=args.json, vid_stride=args.vid_stride,
                                         max_frames=args.max_frames, tracker=video_tracker(args, source),
-                                        batch_size=args.batch_size, progress=sys.stderr.isatty())
+                                        batch_size=auto_batch_size(args, detector), progress=sys.stderr.isatty())
         except EfficientDetError as exc:
             print(f"error: {exc}", file=sys.stderr)
             code = max(code, exc.exit_code)
@@ -233,6 +212,18 @@ def predict_videos(args: argparse.Namespace, detector: object, videos: list[str]
     return code
 
 
+def batch_size_arg(text: str) -> int | str:
+    """``auto`` or a positive integer."""
+    return "auto" if text == "auto" else positive_int(text)
+
+
+def auto_batch_size(args: argparse.Namespace, detector: object) -> int:
+    """``--batch-size auto``: a throughput batch for the device (see the option's help)."""
+    if args.batch_size != "auto":
+        return int(args.batch_size)
+    return 8 if str(getattr(detector, "device", "cpu")).startswith("cuda") else 1
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="detect objects in images and videos",
                        description="Detect objects in images, videos, streams, webcams and image sequences.")
@@ -250,7 +241,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--soft-nms", action="store_true", help="Gaussian soft-NMS instead of hard NMS")
     p.add_argument("--max-det", type=positive_int, default=PREDICT.max_det,
                    help=f"detections per image (default {PREDICT.max_det})")
-    p.add_argument("--batch-size", type=positive_int, default=1, help="images per forward pass (default 1)")
+    p.add_argument("--batch-size", type=batch_size_arg, default="auto",
+                   help="images per forward pass; auto (default): 1 on the CPU (a larger batch is no cheaper per "
+                        "image there; decoding and writing already overlap the network), 8 on a GPU")
     p.add_argument("--out", help="folder for annotated images (and OUT/<stem>.mp4 for a video)")
     p.add_argument("--json", help="write detections as COCO-style results JSON (for a video: JSON Lines, one "
                                   "record per frame; segmentation models: the pixel count per class of each image)")
