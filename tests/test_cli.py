@@ -64,7 +64,10 @@ def test_models_json_lists_family_with_exact_params(capsys):
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["efficientdet_d0"]["params"] == 3_880_067 and rows["efficientdet_d0"]["input_size"] == 512
     assert abs(rows["efficientdet_d7x"]["flops"] / 410e9 - 1) < 0.03
-    assert len(rows) == 15
+    assert len(rows) == 15 + 8  # the detection family and the segmentation rows d0_seg ... d7_seg
+    d4_seg = rows["efficientdet_d4_seg"]  # the paper's: 17M parameters, 18B FLOPs (Table 3)
+    assert abs(d4_seg["params"] / 17e6 - 1) < 0.1 and abs(d4_seg["flops"] / 18e9 - 1) < 0.1
+    assert d4_seg["tasks"] == ["segment"] and d4_seg["levels"] == [2, 7] and d4_seg["anchors"] == 0
     assert rows["efficientdet_d0"]["published_weights"] == "tf_efficientdet_d0_34-f153e0cf.pth"
     assert rows["efficientdet_d0"]["coco_ap"] == 34.2
 

@@ -5,6 +5,10 @@ batch-1 end-to-end latency (decoded PIL image in, :class:`~efficientdet.detectio
 median of ``runs`` after ``warmup``) split into preprocess / network / postprocess, and throughput
 (images/s) at ``batch_size``. Random weights are used (timing does not depend on the values, except
 post-processing, which depends on how many scores pass ``score_threshold``).
+
+Segmentation rows (``d0_seg`` ...): image -> (H, W) mask at the original size through
+:class:`~efficientdet.inference.segmenter.Segmenter`; "post" is the crop, resize and arg-max
+(PyTorch backend only).
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ def bench_model(
     from .inference.detector import Detector
 
     cfg = get_config(name, image_size=image_size)
+    if not cfg.detect:
+        return _bench_segmentation(cfg, backend, device, batch_size, runs, warmup)
     cost = measure(cfg)
     torch.manual_seed(0)
     detector = Detector(name, backend=backend, device=device, image_size=image_size,
@@ -94,6 +100,44 @@ def bench_model(
         batch_size=batch_size,
         runs=runs,
     )
+
+
+def _bench_segmentation(cfg, backend: str, device: str, batch_size: int, runs: int, warmup: int) -> BenchResult:
+    from .errors import ConfigError
+    from .factory import create_model
+    from .inference.segmenter import Segmenter, logits_to_masks, seg_logits
+    from .preprocess import preprocess_batch
+
+    if backend != "torch":
+        raise ConfigError(f"{cfg.name}: segmentation rows are benchmarked with --backend torch only")
+    cost = measure(cfg)
+    torch.manual_seed(0)
+    seg = Segmenter(create_model(cfg), device=device, batch_size=batch_size)
+    img = sample_image()
+    totals, parts = [], []
+    with torch.inference_mode():
+        for i in range(warmup + runs):
+            t0 = time.perf_counter()
+            batch, scales = preprocess_batch([img], cfg.image_size, cfg.mean, cfg.std, channels_last=False)
+            t1 = time.perf_counter()
+            logits = seg_logits(seg.model(batch.to(seg.device)))
+            t2 = time.perf_counter()
+            logits_to_masks(logits, [img.size], scales)
+            t3 = time.perf_counter()
+            if i >= warmup:
+                totals.append((t3 - t0) * 1e3)
+                parts.append(((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3))
+    images = [sample_image(seed=s) for s in range(batch_size)]
+    batch_times = []
+    for i in range(max(1, warmup // 2) + max(2, runs // 4)):
+        t0 = time.perf_counter()
+        seg(images)
+        if i >= max(1, warmup // 2):
+            batch_times.append(time.perf_counter() - t0)
+    return BenchResult(cfg.name, cfg.image_size, cost["params"], cost["flops"], statistics.median(totals),
+                       statistics.median(p[0] for p in parts), statistics.median(p[1] for p in parts),
+                       statistics.median(p[2] for p in parts), batch_size / statistics.median(batch_times),
+                       batch_size, runs)
 
 
 def run_benchmark(

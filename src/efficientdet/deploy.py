@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .inference.detector import Detector
 from .inference.onnxrt import OnnxRunner, is_onnx_file, make_session, run_in_fixed_batches
+from .inference.seg_onnxrt import OnnxSegmenter  # segmentation exports: (H, W) masks, also without PyTorch
 
 
 class OnnxModel(Detector):
@@ -58,4 +59,4 @@ class OnnxModel(Detector):
         return self.settings.max_det
 
 
-__all__ = ["OnnxModel", "is_onnx_file", "make_session", "run_in_fixed_batches"]
+__all__ = ["OnnxModel", "OnnxSegmenter", "is_onnx_file", "make_session", "run_in_fixed_batches"]

@@ -22,6 +22,8 @@ class Detections:
         image_size: original (width, height). source: the file it came from, if any.
         track_ids: (n,) int64 persistent object id per detection when a tracker set it
             (:class:`efficientdet.track.Tracker`), else ``None``.
+        mask: joint detection + segmentation models only: (H, W) uint8 class indices at the original
+            size (segmentation classes, background 0); ``None`` otherwise.
     """
 
     boxes: np.ndarray
@@ -33,6 +35,7 @@ class Detections:
     source: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     track_ids: np.ndarray | None = None
+    mask: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.scores)

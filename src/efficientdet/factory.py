@@ -20,6 +20,7 @@ def create_model(
     pretrained_backbone: bool | str | Path = False,
     class_names: list[str] | None = None,
     category_ids: list[int] | None = None,
+    seg_class_names: list[str] | None = None,
     **overrides: object,
 ) -> EfficientDet:
     """Build a model, optionally loading weights.
@@ -34,9 +35,11 @@ def create_model(
             name such as ``tf_efficientdet_d0`` (downloaded once, verified, cached).
         pretrained_backbone: ImageNet backbone weights (``True`` downloads via timm; or a file).
         class_names, category_ids: per-label names and original ids (kept in checkpoints).
+        seg_class_names: segmentation class names, background first (models with a ``seg_head``).
         overrides: any :class:`ModelConfig` field (``image_size``, ``feature_network``, ``fusion`` ...).
 
-    The model carries its ``config`` and a :class:`~efficientdet.labels.LabelMap` as ``labels``.
+    The model carries its ``config`` and a :class:`~efficientdet.labels.LabelMap` as ``labels``, and
+    ``seg_class_names`` (``None`` without a segmentation head).
     """
     ckpt: Checkpoint | None = load_checkpoint(weights) if weights is not None else None
     if ckpt is not None and ckpt.config is not None:
@@ -71,7 +74,22 @@ def create_model(
         raise WeightsError(f"{len(labels)} class names / category ids for {model.config.num_classes} classes; "
                            "give one per class")
     model.labels = labels
+    _set_seg_class_names(model, seg_class_names, ckpt)
     return model
+
+
+def _set_seg_class_names(model: EfficientDet, names: list[str] | None, ckpt: Checkpoint | None) -> None:
+    k = model.config.seg_classes
+    if not model.config.seg_head:
+        model.seg_class_names = None
+        return
+    if names is None and ckpt is not None and ckpt.seg_class_names and len(ckpt.seg_class_names) == k:
+        names = ckpt.seg_class_names
+    if names is not None and len(names) != k:
+        if not 1 <= len(names) <= 255:
+            raise WeightsError(f"{len(names)} segmentation class names; give 1..255 (background first)")
+        model.reset_seg_classes(len(names))  # another class count: fresh classifier, the rest kept (fine-tuning)
+    model.seg_class_names = list(names) if names is not None else ["background"] + [f"class{i}" for i in range(1, k)]
 
 
 def load_state(model: EfficientDet, ckpt: Checkpoint) -> None:

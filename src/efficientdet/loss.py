@@ -191,3 +191,15 @@ class DetectionLoss(nn.Module):
             "box_loss": box_loss,
             "num_positives": num_positives,
         }
+
+
+def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+    """Pixel-wise softmax cross-entropy (the official code's sparse categorical cross-entropy), mean over
+    the pixels that are not ``ignore_index``; 0 (with a gradient path) when every pixel is ignored.
+
+    ``logits``: (B, K, H, W), any float dtype (computed in float32); ``masks``: (B, H, W) int64.
+    """
+    logits = logits.float()
+    if not bool((masks != ignore_index).any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, masks.long(), ignore_index=ignore_index)

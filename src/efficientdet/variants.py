@@ -19,6 +19,7 @@ from .preprocess import IMAGENET_MEAN, IMAGENET_STD
 FEATURE_NETWORKS = ("bifpn", "panet", "fpn")
 FUSIONS = ("fast", "softmax", "sum")
 ACTIVATIONS = ("silu", "relu6", "relu")
+SEG_HEADS = ("p2", "decoder")
 LITE_MEAN = (0.5, 0.5, 0.5)
 LITE_STD = (0.5, 0.5, 0.5)
 
@@ -43,6 +44,13 @@ class ModelConfig:
         conv_bias: whether convs followed by BN carry a bias (the TF checkpoints of D0-D7x do).
         mean, std: input normalisation in [0, 1] units.
         backbone_drop_path: stochastic-depth rate of the backbone during training.
+        detect: whether the network has the detection (class/box) heads.
+        seg_head: segmentation head, or ``None``: ``p2`` (the paper's per-pixel classifier on P2, needs
+            ``min_level=2``) or ``decoder`` (the official code's transposed-conv decoder from P_max down
+            to P_min with skip concatenations); see :mod:`efficientdet.model.seg_heads`.
+        seg_classes: segmentation classes, background included (index 0 by convention; 255 = ignore).
+        seg_channels, seg_layers: width and depth of the ``p2`` classifier (the decoder uses the
+            feature-network width and one transposed conv per level).
     """
 
     name: str
@@ -64,6 +72,11 @@ class ModelConfig:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     backbone_drop_path: float = 0.2
+    detect: bool = True
+    seg_head: str | None = None
+    seg_classes: int = 21
+    seg_channels: int = 256
+    seg_layers: int = 3
     paper_flops: float | None = field(default=None, compare=False)  # multiply-adds, for reference only
     reference_params: int | None = field(default=None, compare=False)
 
@@ -75,6 +88,11 @@ class ModelConfig:
     def num_anchors(self) -> int:
         """Anchors per feature-map location."""
         return self.num_scales * len(self.aspect_ratios)
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """``("detect",)``, ``("segment",)`` or ``("detect", "segment")``."""
+        return (("detect",) if self.detect else ()) + (("segment",) if self.seg_head else ())
 
     def validate(self) -> ModelConfig:
         """Raise :class:`ConfigError` for values the network cannot be built with."""
@@ -94,6 +112,19 @@ class ModelConfig:
             raise ConfigError(f"levels {self.min_level}..{self.max_level} must satisfy 1 <= min <= max")
         if self.min_level > 3 or self.max_level < 5:
             raise ConfigError("levels must include P3..P5, where the backbone features are")
+        if self.seg_head is not None and self.seg_head not in SEG_HEADS:
+            raise ConfigError(f"seg_head={self.seg_head!r} is not one of {SEG_HEADS} (or None)")
+        if not self.detect and self.seg_head is None:
+            raise ConfigError("detect=False needs a seg_head ('p2' or 'decoder'): the network would have no head")
+        if self.seg_head == "p2" and self.min_level != 2:
+            raise ConfigError(f"seg_head='p2' classifies the P2 level; set min_level=2 (got {self.min_level})")
+        if self.seg_head is not None:
+            for key in ("seg_classes", "seg_channels", "seg_layers"):
+                value = getattr(self, key)
+                if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                    raise ConfigError(f"{key}={value!r} must be a positive integer")
+            if self.seg_classes > 255:
+                raise ConfigError(f"seg_classes={self.seg_classes} must be at most 255 (255 marks ignored pixels)")
         if self.image_size < 2**self.max_level:
             raise ConfigError(
                 f"image_size={self.image_size} is smaller than the coarsest stride 2**{self.max_level}; "
@@ -182,6 +213,36 @@ _ROWS = [
     _lite("3x", 640, 200, 6, 4, 3.0),
     _lite("4", 640, 224, 7, 4, 4.0, 15_130_894),
 ]
+
+
+def segmentation_row(det: ModelConfig) -> ModelConfig:
+    """The segmentation row scaled like the detection row ``det`` (the paper's D4 row at φ = 4).
+
+    The paper's model (Table 3) is D4 with the BiFPN narrowed to 128 x 3 over P2-P7 and a 256 x 3
+    P2 classifier. Each detection row keeps its backbone; the BiFPN width is scaled by the same
+    128/224, rounded to a multiple of 8, its depth is the detection depth - 4 (at least 3), the
+    classifier is twice the BiFPN width, 3 layers. Input size: 5/8 of the detection input rounded up
+    to a multiple of 128 (640 px at D4: 17.7M parameters, 19.0B FLOPs against the paper's 17M / 18B,
+    which no published input size is given for; 18B is ~624 px).
+    """
+    width = max(8, int(round(det.fpn_channels * 128 / 224 / 8) * 8))
+    return dataclasses.replace(
+        det,
+        name=f"{det.name}_seg",
+        image_size=math.ceil(det.image_size * 5 / 8 / 128) * 128,
+        fpn_channels=width,
+        fpn_layers=max(3, det.fpn_layers - 4),
+        min_level=2,
+        detect=False,
+        seg_head="p2",
+        seg_channels=2 * width,
+        seg_layers=3,
+        paper_flops=18e9 if det.name == "efficientdet_d4" else None,
+        reference_params=17_000_000 if det.name == "efficientdet_d4" else None,
+    ).validate()
+
+
+_ROWS += [segmentation_row(r) for r in _ROWS if re.fullmatch(r"efficientdet_d\d", r.name)]
 VARIANTS: dict[str, ModelConfig] = {row.name: row for row in _ROWS}
 
 

@@ -66,6 +66,7 @@ class Checkpoint:
     config: dict | None = None  # ModelConfig.to_dict() for this project's checkpoints
     labels: LabelMap | None = None  # names and category ids when the file has them
     extra: dict | None = None  # training state (optimizer, EMA, epoch ...) when present
+    seg_class_names: list[str] | None = None  # segmentation classes (background first), when it has a seg head
 
     @property
     def num_classes(self) -> int:
@@ -222,7 +223,8 @@ def load_checkpoint(spec: str | Path) -> Checkpoint:
         tensors, meta = _load_safetensors(path)
         if meta.get("format") == FORMAT:
             info = json.loads(meta.get("info", "{}"))
-            return Checkpoint(tensors, path, FORMAT, info.get("config"), _labels(info))
+            return Checkpoint(tensors, path, FORMAT, info.get("config"), _labels(info),
+                              seg_class_names=info.get("seg_class_names"))
         obj: object = tensors
     else:
         obj = _torch_load(path)
@@ -231,7 +233,8 @@ def load_checkpoint(spec: str | Path) -> Checkpoint:
     if obj.get("format") == FORMAT:
         if not isinstance(obj.get("model"), dict):
             raise WeightsError(f"{path}: checkpoint has no 'model' weights; it is incomplete: use another checkpoint")
-        return Checkpoint(obj["model"], path, FORMAT, obj.get("config"), _labels(obj), extra=obj)
+        return Checkpoint(obj["model"], path, FORMAT, obj.get("config"), _labels(obj), extra=obj,
+                          seg_class_names=obj.get("seg_class_names"))
     if "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if "model" in obj and isinstance(obj["model"], dict):
@@ -309,6 +312,8 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, extra: dict | None
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     info = {"config": model.config.to_dict(), **model.labels.to_dict()}
+    if getattr(model, "seg_class_names", None):
+        info["seg_class_names"] = list(model.seg_class_names)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:

@@ -19,7 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Params, FLOPs, batch-1 end-to-end latency (preprocess/network/postprocess) and throughput "
         "per variant, with random weights.",
     )
-    p.add_argument("--models", default="d0,d1,d2,d3,d4,d5,d6,d7", help="comma-separated variants (default d0..d7)")
+    p.add_argument("--models", default="d0,d1,d2,d3,d4,d5,d6,d7",
+                   help="comma-separated variants (default d0..d7; segmentation rows too: d0_seg ...)")
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
                    help="torch (default) or onnxruntime (the export with NMS inside, cached: its 'net' column "
                         "includes the post-processing)")

@@ -13,8 +13,47 @@ from ..inference.config import DEFAULTS
 from .common import add_model_options, add_tile_options, make_detector, positive_int, tiled
 
 
+def run_segment(args: argparse.Namespace) -> int:
+    """``eval --task segment``: mIoU & co. from one confusion matrix at the original resolution."""
+    from ..data.segmentation import read_segmentation
+    from ..eval.segmentation import evaluate_segmentation, format_seg_metrics, score_mask_folder
+
+    names = args.names
+    model = None
+    if args.predictions:
+        if args.weights:
+            raise ConfigError("--predictions scores a folder of predicted masks: do not pass --weights with it")
+    else:
+        if not args.images or not args.weights:
+            raise ConfigError("eval --task segment needs --weights and --images (or --predictions MASK_DIR)")
+        from ..factory import create_model
+
+        model = create_model(args.model, weights=args.weights, image_size=args.image_size)
+        if not model.config.seg_head:
+            raise ConfigError(f"{args.weights}: a detection model has no segmentation head; eval it without --task "
+                              "segment")
+        names = names or model.seg_class_names  # the checkpoint's classes, unless --names says otherwise
+    data = read_segmentation(args.images, args.annotations, names=names, split="val", strict=args.strict)
+    if data.report.counts:
+        print(data.report.summary(), file=sys.stderr)
+    if model is None:
+        metrics = score_mask_folder(args.predictions, data)
+    else:
+        metrics = evaluate_segmentation(model.to(args.device), data, batch_size=args.batch_size, device=args.device,
+                                        save_dir=args.save_predictions)
+    print(f"{len(data)} images, {metrics['pixels']:,} labelled pixels")
+    print(format_seg_metrics(metrics))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(metrics, indent=1) + "\n")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from ..eval.coco import evaluate_detections, format_metrics, load_predictions
+
+    if args.task == "segment":
+        return run_segment(args)
 
     if args.predictions:
         if args.images or args.weights:
@@ -65,19 +104,29 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="COCO mAP of a model (or of a results file) on a data set",
+    p = sub.add_parser("eval", help="COCO mAP (or mIoU with --task segment) of a model or of saved predictions",
                        description="COCO box metrics (pycocotools) of a model on a data set, or of a "
-                                   "COCO results file with --predictions.")
+                                   "COCO results file with --predictions. --task segment: mIoU, per-class IoU, pixel "
+                                   "and mean accuracy, fwIoU from one confusion matrix at each image's original "
+                                   "resolution (255 ignored).")
+    p.add_argument("--task", choices=("detect", "segment"), default="detect",
+                   help="detect (COCO box metrics) or segment (masks: --annotations is a folder of PNG masks named "
+                        "by the image stems, a VOC root (val list) or COCO json)")
+    p.add_argument("--names", help="segment: labels.txt, class i on line i, background first (default: the "
+                                   "checkpoint's classes)")
     add_model_options(p)
     p.add_argument("--images", help="images folder")
-    p.add_argument("--annotations", required=True, help="COCO JSON (or VOC/YOLO folder with --format)")
+    p.add_argument("--annotations", required=True, help="COCO JSON (or VOC/YOLO folder with --format; masks with "
+                                                         "--task segment)")
     p.add_argument("--format", default="auto", choices=("auto", "coco", "voc", "yolo"))
-    p.add_argument("--predictions", help="score this COCO results JSON instead of running a model")
+    p.add_argument("--predictions", help="score this COCO results JSON (--task segment: this folder of predicted "
+                                         "PNG masks, <stem>.png) instead of running a model")
     p.add_argument("--json", help="write the metrics as JSON")
     p.add_argument("--soft-nms", action="store_true", help="Gaussian soft-NMS (official evaluation)")
     p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--strict", action="store_true", help="fail on any annotation problem instead of skipping")
     p.add_argument("--coco-backend", choices=("pycocotools", "faster-coco-eval"), default="pycocotools")
-    p.add_argument("--save-predictions", help="also write the model's detections (COCO results JSON)")
+    p.add_argument("--save-predictions", help="also write the model's detections (COCO results JSON; --task "
+                                              "segment: a folder of predicted palette PNGs)")
     add_tile_options(p)
     p.set_defaults(func=run)

@@ -19,7 +19,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "float32 (B, 3, S, S). Outputs: raw (B, N, C) logits + (B, N, 4) deltas, or with --nms fixed-size boxes "
         "(network pixels), scores, labels (-1 = padding) and num_detections.",
     )
-    p.add_argument("--model", default="efficientdet_d0", help="variant name (default d0)")
+    p.add_argument("--model", default=None, help="variant name (default: the checkpoint's, else d0)")
+    p.add_argument("--task", choices=("detect", "segment"), default=None,
+                   help="which head to export (default: the model's; a joint model exports detection unless "
+                        "segment: the arg-max class map (B, S, S) uint8 in the graph)")
     p.add_argument("--weights", help="checkpoint file or published name (required unless --random-weights)")
     p.add_argument("--random-weights", action="store_true", help="export random weights (testing only)")
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
@@ -50,6 +53,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _export_segmentation(args: argparse.Namespace, model) -> int:
+    from ..inference.seg_export import export_seg_onnx
+
+    if args.format != "onnx" or args.nms or args.half:
+        raise ConfigError("segmentation export: ONNX only, without --nms/--half (the arg-max is in the graph)")
+    out = Path(args.out) if args.out else Path(f"{model.config.name}.onnx")
+    path = export_seg_onnx(model, out, batch=args.batch, dynamic_batch=args.dynamic_batch, opset=args.opset,
+                           fuse=args.fuse)
+    s = model.config.image_size
+    batch = "dynamic" if args.dynamic_batch else str(args.batch)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, onnx, input images ({batch}, 3, {s}, {s}) normalised "
+          f"float32, output masks ({batch}, {s}, {s}) uint8 class indices on the canvas; run it without PyTorch: "
+          "efficientdet.deploy.OnnxSegmenter)")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from ..factory import create_model
 
@@ -69,6 +88,11 @@ def run(args: argparse.Namespace) -> int:
 
         calibration = calibration_files(args.calibration, args.calibration_images)
     model = create_model(args.model, weights=args.weights, image_size=args.image_size).eval()
+    task = args.task or ("detect" if model.config.detect else "segment")
+    if task not in model.config.tasks:
+        raise ConfigError(f"--task {task}: {model.config.name} has no {task} head")
+    if task == "segment":
+        return _export_segmentation(args, model)
     suffix = ".onnx" if args.format == "onnx" else ".pt"
     out = Path(args.out) if args.out else Path(f"{model.config.name}{suffix}")
     common = dict(batch=args.batch, dynamic_batch=args.dynamic_batch, nms=args.nms, half=args.half,

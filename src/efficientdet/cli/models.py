@@ -18,11 +18,13 @@ def run(args: argparse.Namespace) -> int:
         configs.append(compound_scaling(args.phi))
     for cfg in configs:
         m = measure(cfg)
-        n_anchors = len(anchors_for(cfg))
+        n_anchors = len(anchors_for(cfg)) if cfg.detect else 0
         rows.append({"name": cfg.name, "input_size": cfg.image_size, "params": m["params"], "flops": m["flops"],
                      "paper_flops": cfg.paper_flops, "backbone": cfg.backbone, "fpn_channels": cfg.fpn_channels,
                      "fpn_layers": cfg.fpn_layers, "head_layers": cfg.head_layers, "fusion": cfg.fusion,
-                     "anchors": n_anchors, "published_weights": PUBLISHED_FILES.get(cfg.name),
+                     "anchors": n_anchors, "tasks": list(cfg.tasks), "levels": [cfg.min_level, cfg.max_level],
+                     "paper_params": cfg.reference_params if cfg.seg_head else None,
+                     "published_weights": PUBLISHED_FILES.get(cfg.name),
                      "coco_ap": PUBLISHED_AP.get(cfg.name)})
     if args.json:
         print(json.dumps(rows, indent=1))
@@ -30,8 +32,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'model':<22}{'input':>6}{'params':>12}{'FLOPs':>10}{'paper':>8}  backbone")
     for r in rows:
         paper = f"{r['paper_flops'] / 1e9:.1f}B" if r["paper_flops"] else "-"
+        task = "" if r["tasks"] == ["detect"] else f"  ({'+'.join(r['tasks'])}, P{r['levels'][0]}-P{r['levels'][1]})"
         print(f"{r['name']:<22}{r['input_size']:>6}{r['params']:>12,}{r['flops'] / 1e9:>9.2f}B{paper:>8}  "
-              f"{r['backbone']}")
+              f"{r['backbone']}{task}")
     return 0
 
 

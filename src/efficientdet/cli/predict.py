@@ -16,6 +16,91 @@ from .common import add_model_options, add_tile_options, expand_sources, make_de
 TRACK_LOW = 0.1
 
 
+def _segmentation_weights(weights: str | None) -> str | None:
+    """``"segment"`` for a segmentation-only model (checkpoint or export), ``"joint"`` for detection +
+    segmentation, else None."""
+    if not weights:
+        return None
+    from ..inference.onnxrt import is_onnx_file
+
+    if is_onnx_file(weights):
+        from ..inference.onnx_export import read_onnx_metadata
+
+        return "segment" if read_onnx_metadata(weights).get("outputs") == "seg" else None
+    from ..weights import load_checkpoint
+
+    config = load_checkpoint(weights).config or {}
+    if not config.get("seg_head"):
+        return None
+    return "joint" if config.get("detect", True) else "segment"
+
+
+def _save_mask(args: argparse.Namespace, name: str, mask, class_names: list[str]) -> dict:
+    """``--masks DIR/<stem>.png`` (palette, original size); the ``--json`` record of pixel counts."""
+    from ..masks import pixel_counts, save_palette_mask
+
+    if args.masks:
+        save_palette_mask(mask, Path(args.masks) / Path(name).with_suffix(".png"))
+    return {"file_name": name, "width": int(mask.shape[1]), "height": int(mask.shape[0]),
+            "pixels": pixel_counts(mask, class_names)}
+
+
+def run_segment(args: argparse.Namespace, items: list, problems: list[str]) -> int:
+    """Segmentation-only models: a mask per image (``--masks``), overlays (``--out``), pixel counts (``--json``)."""
+    import time
+
+    from ..images import load_image
+    from ..masks import overlay_mask
+
+    if is_onnx(args.weights):
+        from ..inference.seg_onnxrt import OnnxSegmenter
+
+        segmenter = OnnxSegmenter(args.weights)
+    else:
+        from ..factory import create_model
+        from ..inference.segmenter import Segmenter
+
+        segmenter = Segmenter(create_model(args.model, weights=args.weights, image_size=args.image_size),
+                              device=args.device,
+                              batch_size=args.batch_size if isinstance(args.batch_size, int) else 1)
+    names = segmenter.class_names
+    out_dir = Path(args.out) if args.out else None
+    records, skipped = [], 0
+    for path, name in items:
+        try:
+            image = load_image(path)
+        except EfficientDetError as exc:
+            skipped += 1
+            print(f"error: {exc} (skipped)", file=sys.stderr)
+            continue
+        t0 = time.perf_counter()
+        (mask,) = segmenter([image])
+        ms = (time.perf_counter() - t0) * 1e3
+        record = _save_mask(args, name, mask, names)
+        records.append(record)
+        shown = ", ".join(f"{n} {c:,}" for n, c in record["pixels"].items())
+        print(f"{name}: {image.width}x{image.height} {shown} ({ms:.1f} ms)")
+        if out_dir:
+            target = (out_dir / name).with_suffix(".png")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            overlay_mask(image, mask).save(target)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(records, indent=1) + "\n")
+    print(f"{len(records)} image(s) segmented" + (f"; masks in {args.masks}" if args.masks else "")
+          + (f"; overlays in {out_dir}" if out_dir else "") + (f"; pixel counts in {args.json}" if args.json else ""))
+    if skipped or problems:
+        print(f"error: {skipped + len(problems)} input(s) skipped (see above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def is_onnx(weights: str | None) -> bool:
+    from ..inference.onnxrt import is_onnx_file
+
+    return bool(weights) and is_onnx_file(weights)
+
+
 def run(args: argparse.Namespace) -> int:
     """``efficientdet predict``: 0 when every input was processed, 1 when some were skipped."""
     from ..inference import sharding
@@ -28,6 +113,16 @@ def run(args: argparse.Namespace) -> int:
     if not items and not videos:
         raise ConfigError("no images to predict on; pass image files, directories or globs (or a video, a stream "
                           "URL, an image-sequence pattern, --source 0 for a webcam)")
+    kind = _segmentation_weights(args.weights)
+    if kind == "segment":
+        if videos:
+            raise ConfigError("segmentation models predict images (--masks); pass image files, not videos")
+        return run_segment(args, items, problems)
+    if args.masks and kind != "joint":
+        raise ConfigError(f"--masks needs a segmentation (or joint) model; {args.weights or 'the model'} only detects")
+    seg_records: list[dict] = []
+    if kind == "joint" and args.backend == "auto":
+        args.backend = "torch"  # the segmentation output of a joint model comes from the PyTorch runner
     if world > 1 and args.track:
         raise ConfigError("--track follows objects through the inputs in order: run it in one process, not torchrun")
     all_items, items = items, sharding.shard(items, rank, world)
@@ -48,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
         t = det.timings
         print(f"{name}: {img.width}x{img.height} {counts} ({t['preprocess_ms']:.1f} ms preprocess, "
               f"{t['inference_ms']:.1f} ms inference, {t['postprocess_ms']:.1f} ms postprocess)", flush=True)
+        if det.mask is not None:  # a joint model: its mask too (--masks, --json)
+            seg_records.append(_save_mask(args, name, det.mask, detector.model.seg_class_names))
 
     from ..folder import predict_files
 
@@ -66,7 +163,8 @@ def run(args: argparse.Namespace) -> int:
         return video_code
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(records, indent=1) + "\n")
+        doc = {"detections": records, "segmentation": seg_records} if seg_records else records
+        Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
     done = len(all_items) - skipped
     summary = f"{done} image(s), {total} detection(s)" + (f" from {world} processes" if world > 1 else "")
     if out_dir:
@@ -197,12 +295,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "image there; decoding and writing already overlap the network), 8 on a GPU")
     p.add_argument("--out", help="folder for annotated images (and OUT/<stem>.mp4 for a video)")
     p.add_argument("--json", help="write detections as COCO-style results JSON (for a video: JSON Lines, one "
-                                  "record per frame)")
+                                  "record per frame; segmentation models: the pixel count per class of each image)")
     add_tile_options(p)
     p.add_argument("--track", action="store_true",
                    help="give objects persistent ids across frames (ByteTrack-style tracker): each video, or the "
                         "images taken as the frames of one sequence in the order given; --json records get a "
                         "track_id")
+    p.add_argument("--masks", metavar="DIR", help="segmentation / joint models: write DIR/<stem>.png, a palette PNG of "
+                                                  "class indices at the original size")
     p.set_defaults(func=run)
 
 

@@ -38,6 +38,14 @@ REASONS: dict[str, tuple[str, bool, bool]] = {
     "size_mismatch": ("image sizes corrected to the file's actual size", True, False),
     "orphan_label": ("label files without a matching image (ignored)", True, True),
     "no_annotations": ("annotation files without an 'annotations' list (images unlabelled)", False, False),
+    # segmentation masks (efficientdet.data.segmentation)
+    "missing_mask": ("images skipped because their mask file is missing", True, True),
+    "unreadable_mask": ("images skipped because the mask is unreadable or not a single-channel PNG", True, True),
+    "mask_size_mismatch": ("images skipped because the mask size differs from the image", True, True),
+    "mask_bad_values": ("images skipped because the mask has values >= the class count (other than 255)", True, True),
+    "orphan_mask": ("masks without a matching image (ignored)", True, True),
+    "no_mask": ("images without a mask (not used)", False, False),
+    "no_segmentation": ("COCO objects without usable polygons/RLE (not painted)", True, True),
 }
 
 #: tolerance in pixels below which clipping a box to the image is not reported (float noise)

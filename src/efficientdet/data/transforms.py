@@ -12,6 +12,11 @@ Both transforms take an RGB PIL image and a target dict
 The network canvas is always the image pasted at the top-left corner, padded bottom/right with the
 mean colour (``preprocess.fill_color(mean)``), so training sees what inference sees.
 
+A target may also hold ``"mask"``: an (H, W) uint8 map of class indices at the original size
+(segmentation, 255 = ignore). ``TrainTransform`` moves it with the image as a ``tv_tensors.Mask``
+(flip, nearest-neighbour resize, crop) and pads it with 255, giving a uint8 (S, S) tensor.
+Evaluation scores masks at each image's original resolution, so it needs no mask transform.
+
 Randomness comes from the ``generator`` passed to ``TrainTransform.__call__`` (torch's global
 generator when none is given). :func:`efficientdet.data.dataset.make_loader` hands each sample its
 own generator seeded in the main process, so augmentation is reproducible for a seed whatever the
@@ -31,6 +36,8 @@ from torchvision.transforms.v2 import functional as F
 
 from ..errors import ConfigError
 from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, fill_color, normalize
+
+IGNORE_INDEX = 255  # mask value of ignored pixels (padding, object borders, crowd regions)
 
 
 def _as_tensor(value: Any, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
@@ -143,9 +150,12 @@ class TrainTransform:
         w, h = image.size
         img = tv_tensors.Image(F.pil_to_tensor(image.convert("RGB") if image.mode != "RGB" else image))
         boxes = tv_tensors.BoundingBoxes(boxes_in, format="XYXY", canvas_size=(h, w))
+        raw_mask = (target or {}).get("mask")
+        mask = None if raw_mask is None else tv_tensors.Mask(torch.as_tensor(np.asarray(raw_mask, np.uint8))[None])
 
         if self.hflip > 0 and float(torch.rand((), generator=g)) < self.hflip:
             img, boxes = F.horizontal_flip(img), F.horizontal_flip(boxes)
+            mask = F.horizontal_flip(mask) if mask is not None else None
 
         lo, hi = self.scale_range
         jitter = lo + (hi - lo) * float(torch.rand((), generator=g))
@@ -153,6 +163,7 @@ class TrainTransform:
         nh, nw = max(1, int(h * scale)), max(1, int(w * scale))
         img = F.resize(img, [nh, nw], antialias=True)
         boxes = F.resize(boxes, [nh, nw])
+        mask = F.resize(mask, [nh, nw]) if mask is not None else None  # nearest for masks
         area_before = (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
 
         top = int(torch.randint(0, nh - size + 1, (), generator=g)) if nh > size else 0
@@ -161,11 +172,13 @@ class TrainTransform:
         if (ch, cw) != (nh, nw):
             img = F.crop(img, top, left, ch, cw)
             boxes = F.crop(boxes, top, left, ch, cw)
+            mask = F.crop(mask, top, left, ch, cw) if mask is not None else None
 
         if self.color_jitter > 0:
             img = color_jitter(img, self.color_jitter, g)
         if (ch, cw) != (size, size):
             img = F.pad(img, [0, 0, size - cw, size - ch], fill=list(fill_color(self.mean)))
+            mask = F.pad(mask, [0, 0, size - cw, size - ch], fill=IGNORE_INDEX) if mask is not None else None
 
         xyxy = boxes.as_subclass(torch.Tensor).clone()
         xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, cw)
@@ -182,6 +195,8 @@ class TrainTransform:
             "scale": float(scale),
             "orig_size": (h, w),
         }
+        if mask is not None:
+            out["mask"] = mask.as_subclass(torch.Tensor)[0].contiguous()
         return tensor, out
 
     def __repr__(self) -> str:

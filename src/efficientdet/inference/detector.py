@@ -182,16 +182,27 @@ class Detector:
         batch, scales, sizes = prepared.inputs
         t1 = time.perf_counter()
         outputs = self.forward_network(batch, sizes.astype(np.float32) * scales.astype(np.float32)[:, None])
+        seg = None
+        if self.runner.outputs == "raw" and len(outputs) == 3:  # a joint model: segmentation logits too
+            seg, outputs = outputs[2], outputs[:2]
         t2 = time.perf_counter()
         outs = self.postprocess_outputs(outputs, scales, sizes)
+        masks: list[Any] = [None] * len(prepared.images)
+        if seg is not None:
+            from .segmenter import logits_to_masks
+
+            masks = logits_to_masks(seg, [img.size for img in prepared.images], scales.tolist())
         t3 = time.perf_counter()
         n = len(prepared.images)
         timings = {"preprocess_ms": prepared.preprocess_s * 1e3 / n, "inference_ms": (t2 - t1) * 1e3 / n,
                    "postprocess_ms": (t3 - t2) * 1e3 / n}
         names = self.labels.display_names
-        return [Detections.from_arrays(b, s, lab, names, self.labels.category_ids, (img.width, img.height), src,
-                                       timings)
-                for src, img, (b, s, lab) in zip(prepared.sources, prepared.images, outs)]
+        results = [Detections.from_arrays(b, s, lab, names, self.labels.category_ids, (img.width, img.height), src,
+                                          timings)
+                   for src, img, (b, s, lab) in zip(prepared.sources, prepared.images, outs)]
+        for det, mask in zip(results, masks):
+            det.mask = mask
+        return results
 
     def _run(self, chunk: list[ImageInput]) -> list[Detections]:
         return self.detect_prepared(self.prepare(chunk))

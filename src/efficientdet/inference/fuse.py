@@ -151,8 +151,9 @@ def fuse_model(model: EfficientDet) -> EfficientDet:
         for name, child in list(m.named_children()):
             if isinstance(child, Fusion):
                 setattr(m, name, FrozenFusion(child))
-    fused.class_net = FusedHead(fused.class_net)  # type: ignore[assignment]
-    fused.box_net = FusedHead(fused.box_net)  # type: ignore[assignment]
+    if fused.class_net is not None:  # segmentation-only networks have no detection heads
+        fused.class_net = FusedHead(fused.class_net)  # type: ignore[assignment]
+        fused.box_net = FusedHead(fused.box_net)  # type: ignore[assignment]
     _fuse_sequential_pairs(fused.backbone)
     for p in fused.parameters():
         p.requires_grad_(False)

@@ -41,8 +41,8 @@ class RawGraph(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.half_precision:
             images = images.half()
-        cls, box = self.model(images)
-        cls, box = flatten_outputs(cls, box, self.num_classes)
+        outputs = self.model(images)  # a joint model's segmentation logits (third output) are not exported here
+        cls, box = flatten_outputs(outputs[0], outputs[1], self.num_classes)
         if self.half_precision:  # a float32 -> float32 Cast stays in the graph as a 17 MB copy (D0)
             cls, box = cls.float(), box.float()
         return cls, box

@@ -20,6 +20,11 @@ class TorchRunner:
 
     def __init__(self, model: EfficientDet, device: torch.device, optimize: bool,
                  dtype: torch.dtype | None = None) -> None:
+        if not model.config.detect:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"{model.config.name} is a segmentation model without detection heads; use "
+                              "efficientdet.inference.segmenter.Segmenter (or predict --masks)")
         self.model = model.eval().to(device)
         self.device = device
         self.config = model.config
@@ -55,11 +60,14 @@ class TorchRunner:
 
     @torch.inference_mode()
     def run(self, batch: np.ndarray | torch.Tensor, canvas_hw: np.ndarray | None = None
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-        cls, box = self.network(self.to_tensor(batch))
-        out = flatten_outputs(cls, box, self.config.num_classes)
+            ) -> tuple[torch.Tensor, ...]:
+        """Flattened logits and deltas; for a joint model also the (B, K, S, S) segmentation logits."""
+        outputs = self.network(self.to_tensor(batch))
+        out = flatten_outputs(outputs[0], outputs[1], self.config.num_classes)
         if out[0].dtype != torch.float32:
             out = (out[0].float(), out[1].float())
+        if len(outputs) == 3:  # joint detection + segmentation
+            out = (*out, outputs[2].float())
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         return out

@@ -1,4 +1,5 @@
-"""EfficientNet backbone from timm, returning the stride 8/16/32 features (P3, P4, P5)."""
+"""EfficientNet backbone from timm, returning the stride 8/16/32 features (P3, P4, P5), or from
+stride 4 (P2) / 2 (P1) on when the feature network starts at a finer level."""
 
 from __future__ import annotations
 
@@ -11,8 +12,16 @@ from ..errors import WeightsError
 from .norm_act import use_memory_efficient_norm_act
 
 
-def create_backbone(name: str, drop_path_rate: float = 0.0, pretrained: bool | str | Path = False) -> nn.Module:
-    """timm ``features_only`` EfficientNet with ``out_indices=(2, 3, 4)`` (strides 8, 16, 32).
+def backbone_out_indices(min_level: int = 3) -> tuple[int, ...]:
+    """timm feature indices for P_min..P5: index i has stride 2**(i + 1); (2, 3, 4) for P3..P5."""
+    return tuple(range(min(min_level, 3) - 1, 5))
+
+
+def create_backbone(
+    name: str, drop_path_rate: float = 0.0, pretrained: bool | str | Path = False, min_level: int = 3
+) -> nn.Module:
+    """timm ``features_only`` EfficientNet with ``out_indices=(2, 3, 4)`` (strides 8, 16, 32), or
+    ``(1, 2, 3, 4)`` (strides 4 .. 32) for ``min_level=2`` (P2, segmentation and small objects).
 
     Args:
         name: timm model name (``tf_efficientnet_b0`` ... ``tf_efficientnet_lite4``).
@@ -21,10 +30,11 @@ def create_backbone(name: str, drop_path_rate: float = 0.0, pretrained: bool | s
             file / installed package name / timm name (see :mod:`.imagenet`, which converts the
             efficientnet_pytorch, torchvision and timm layouts and checks every tensor).
     """
-    model = timm.create_model(name, features_only=True, out_indices=(2, 3, 4), drop_path_rate=drop_path_rate)
+    out_indices = backbone_out_indices(min_level)
+    model = timm.create_model(name, features_only=True, out_indices=out_indices, drop_path_rate=drop_path_rate)
     use_memory_efficient_norm_act(model)  # same numbers, ~1/3 less activation memory in training
     if pretrained is True:
-        _load_timm_pretrained(model, name)
+        _load_timm_pretrained(model, name, out_indices)
     elif pretrained:
         from .imagenet import load_imagenet_backbone
 
@@ -32,7 +42,7 @@ def create_backbone(name: str, drop_path_rate: float = 0.0, pretrained: bool | s
     return model
 
 
-def _load_timm_pretrained(model: nn.Module, name: str) -> None:
+def _load_timm_pretrained(model: nn.Module, name: str, out_indices: tuple[int, ...]) -> None:
     from ..weights import network_available
 
     if not network_available("huggingface.co"):
@@ -41,6 +51,6 @@ def _load_timm_pretrained(model: nn.Module, name: str) -> None:
             "HF_HUB_OFFLINE=1); download them elsewhere (timm.create_model(name, pretrained=True)) and "
             "pass the saved state dict file to --pretrained-backbone, or train from scratch"
         )
-    reference = timm.create_model(name, pretrained=True, features_only=True, out_indices=(2, 3, 4))
+    reference = timm.create_model(name, pretrained=True, features_only=True, out_indices=out_indices)
     model.load_state_dict(reference.state_dict())
 

@@ -1,4 +1,5 @@
-"""The EfficientDet network: backbone -> feature network -> shared class/box heads.
+"""The EfficientDet network: backbone -> feature network -> shared class/box heads and/or a
+semantic-segmentation head (:mod:`.seg_heads`).
 
 ``forward`` is the same in training and inference and returns raw outputs only; the loss
 (:mod:`efficientdet.loss`) and post-processing (:mod:`efficientdet.inference.postprocess`) are separate.
@@ -18,6 +19,7 @@ from ..variants import ModelConfig
 from .backbone import create_backbone
 from .feature_network import FeatureNetwork
 from .heads import box_head, class_head, reset_class_head
+from .seg_heads import seg_head
 
 
 class EfficientDet(nn.Module):
@@ -29,17 +31,23 @@ class EfficientDet(nn.Module):
     Channel index = anchor * C + class and anchor * 4 + coordinate, coordinates (tx, ty, tw, th);
     :func:`flatten_outputs` turns them into (B, ΣHWA, C) and (B, ΣHWA, 4) in anchor order
     (level, y, x, anchor), the order of :func:`efficientdet.anchors.generate_anchors`.
+
+    With a segmentation head (``config.seg_head``) the segmentation logits (B, K, H, W) at the input
+    resolution come too: a segmentation-only network (``config.detect=False``) returns just that
+    tensor, a joint one ``(cls_logits, box_deltas, seg_logits)``.
     """
 
     def __init__(self, config: ModelConfig, pretrained_backbone: bool | str | Path = False) -> None:
         super().__init__()
         self.config = config.validate()
-        self.backbone = create_backbone(config.backbone, config.backbone_drop_path, pretrained_backbone)
+        self.backbone = create_backbone(config.backbone, config.backbone_drop_path, pretrained_backbone,
+                                        min_level=config.min_level)
         channels = list(self.backbone.feature_info.channels())
         self.fpn = FeatureNetwork(config, channels)
         args = (config.fpn_channels, config.head_layers, config.num_levels, config.num_anchors)
-        self.class_net = class_head(*args, config.num_classes, config.act, config.conv_bias)
-        self.box_net = box_head(*args, config.act, config.conv_bias)
+        self.class_net = class_head(*args, config.num_classes, config.act, config.conv_bias) if config.detect else None
+        self.box_net = box_head(*args, config.act, config.conv_bias) if config.detect else None
+        self.seg_net = seg_head(config) if config.seg_head else None
         self._init_feature_network()
         #: what each class index means (names, the data set's category ids, ignored slots)
         self.labels = LabelMap.default(config.num_classes)
@@ -56,13 +64,22 @@ class EfficientDet(nn.Module):
     #: BN running statistics are unchanged (the recomputation does not update the statistics again).
     recompute_stages: int = 0
 
-    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def forward(self, images: torch.Tensor):  # -> (cls, box) | seg | (cls, box, seg), see the class docstring
+        feats = self.features(images)
+        if self.seg_net is None:
+            return self.class_net(feats), self.box_net(feats)
+        seg = self.seg_net(feats, (int(images.shape[-2]), int(images.shape[-1])))
+        if self.class_net is None:
+            return seg
+        return self.class_net(feats), self.box_net(feats), seg
+
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Feature-network outputs P_min..P_max, each (B, W, H_l, W_l)."""
         if self.recompute_stages and self.training and torch.is_grad_enabled():
             feats = self._backbone_recomputed(images)
         else:
             feats = self.backbone(images)
-        feats = self.fpn(feats)
-        return self.class_net(feats), self.box_net(feats)
+        return self.fpn(feats)
 
     def recomputable_stages(self) -> int:
         """The largest valid ``recompute_stages``: the backbone stages before the first output (0 if unknown)."""
@@ -105,9 +122,23 @@ class EfficientDet(nn.Module):
 
     def reset_classes(self, num_classes: int) -> None:
         """New class predictor for ``num_classes`` (fine-tuning); everything else is kept."""
+        if self.class_net is None:
+            raise ValueError("this network has no detection head; reset_seg_classes changes the segmentation classes")
         reset_class_head(self.class_net, self.config.num_anchors, num_classes)
         self.config = self.config.replace(num_classes=num_classes)
         self.labels = LabelMap.default(num_classes)
+
+    def reset_seg_classes(self, seg_classes: int) -> None:
+        """New segmentation classifier for ``seg_classes`` (fine-tuning); everything else is kept."""
+        if self.seg_net is None:
+            raise ValueError("this network has no segmentation head")
+        device = next(self.parameters()).device
+        self.config = self.config.replace(seg_classes=seg_classes)
+        fresh = seg_head(self.config).to(device)
+        old = self.seg_net.state_dict()
+        keep = {k: v for k, v in old.items() if k in fresh.state_dict() and fresh.state_dict()[k].shape == v.shape}
+        fresh.load_state_dict(keep, strict=False)
+        self.seg_net = fresh
 
     def freeze_backbone(self, frozen: bool = True) -> None:
         for p in self.backbone.parameters():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from typing import Any
 
 import torch
 from torch import nn
@@ -13,6 +14,7 @@ from torch.utils.data import DataLoader
 from ..data import DetectionDataset, TrainTransform, collate, read_dataset
 from ..data.dataset import seed_worker
 from ..data.records import DetectionData
+from ..data.segmentation import SegmentationData, SegmentationDataset
 from ..errors import ConfigError, DataError
 from ..factory import create_model
 from ..model.efficientdet import EfficientDet
@@ -58,10 +60,22 @@ def read_split(cfg: TrainConfig, images: str, annotations: str, what: str) -> De
     return data
 
 
-def build_data(cfg: TrainConfig) -> tuple[DetectionData, DetectionData | None]:
-    """(train, val or None)."""
-    train_data = read_split(cfg, cfg.train_images, cfg.train_annotations, "train")
-    val_data = read_split(cfg, cfg.val_images, cfg.val_annotations, "val") if cfg.val_images else None
+def build_data(cfg: TrainConfig) -> tuple[Any, Any]:
+    """(train, val or None): :class:`DetectionData` for detection, :class:`SegmentationData` with a
+    segmentation task (for ``detect,segment`` from COCO json, with the boxes as its ``detection`` view)."""
+    if "segment" in cfg.tasks:
+        from .seg import read_seg_split
+
+        train_data = read_seg_split(cfg.train_images, cfg.train_annotations, cfg.names, "train", cfg.strict, "train",
+                                    log)
+        val_data = (read_seg_split(cfg.val_images, cfg.val_annotations, cfg.names, "val", cfg.strict, "val", log)
+                    if cfg.val_annotations else None)
+        if "detect" in cfg.tasks and any(d is not None and d.detection is None for d in (train_data, val_data)):
+            raise ConfigError("--task detect,segment needs COCO json annotations (boxes and polygons/RLE) for "
+                              "--train-annotations and --val-annotations")
+    else:
+        train_data = read_split(cfg, cfg.train_images, cfg.train_annotations, "train")
+        val_data = read_split(cfg, cfg.val_images, cfg.val_annotations, "val") if cfg.val_images else None
     if len(train_data) < cfg.batch_size:
         raise DataError(f"{cfg.train_annotations}: {len(train_data)} training images, fewer than "
                         f"--batch-size {cfg.batch_size}; lower the batch size")
@@ -104,18 +118,48 @@ def resolve_anchors(cfg: TrainConfig, data: DetectionData) -> TrainConfig:
     return cfg
 
 
-def build_model(cfg: TrainConfig, data: DetectionData, device: torch.device, resuming: bool) -> EfficientDet:
+def task_overrides(cfg: TrainConfig) -> dict[str, Any]:
+    """The heads ``--task`` asks for, as ModelConfig overrides on top of the ``--model`` row: ``segment``
+    keeps a row's segmentation head (``*_seg``: the P2 classifier) or adds the official decoder to a
+    detection row, without the detection heads; ``detect,segment`` keeps both; ``detect`` only detection.
+    (Initial ``weights`` of this project bring their own architecture; these then only apply on resume,
+    where the run was built the same way.)"""
+    from ..variants import get_config
+
+    row = get_config(cfg.model, **{k: v for k, v in cfg.model_overrides.items() if k not in ("detect", "seg_head")})
+    seg_head = cfg.model_overrides.get("seg_head", row.seg_head or "decoder")
+    if cfg.tasks == ("segment",):
+        return {"detect": False, "seg_head": seg_head}
+    if cfg.tasks == ("detect", "segment"):
+        return {"detect": True, "seg_head": seg_head}
+    return {"detect": True, "seg_head": None} if not row.detect else {}
+
+
+def build_model(cfg: TrainConfig, data: Any, device: torch.device, resuming: bool) -> EfficientDet:
     """The model with the data set's labels, initial weights (none when resuming: they come from last.pt),
     frozen parts, memory format and activation recomputation."""
     torch.manual_seed(cfg.seed)
-    overrides = dict(cfg.model_overrides)
+    overrides = {**cfg.model_overrides, **task_overrides(cfg)}
     if cfg.image_size is not None:
         overrides["image_size"] = cfg.image_size
+    seg = isinstance(data, SegmentationData)
+    det = data.detection if seg else data
+    labels: dict[str, Any] = {}
+    if det is not None and "detect" in cfg.tasks:
+        labels = dict(num_classes=det.num_classes, class_names=list(det.class_names),
+                      category_ids=list(det.category_ids))
+    if seg:
+        labels["seg_class_names"] = list(data.class_names)
+        overrides["seg_classes"] = data.num_classes
     model = create_model(
-        cfg.model, num_classes=data.num_classes, weights=None if resuming else cfg.weights,
+        cfg.model, weights=None if resuming else cfg.weights,
         pretrained_backbone=(cfg.pretrained_backbone or False) if not resuming and not cfg.weights else False,
-        class_names=list(data.class_names), category_ids=list(data.category_ids), **overrides,
+        **labels, **overrides,
     ).to(device)
+    missing = [t for t in cfg.tasks if t not in model.config.tasks]
+    if missing:
+        raise ConfigError(f"--task {cfg.task}: the model ({model.config.name}) has no {' or '.join(missing)} head; "
+                          "pick a matching --model or weights")
     if cfg.freeze_backbone:
         model.freeze_backbone()
     if cfg.channels_last:
@@ -161,8 +205,11 @@ def wrap_distributed(model: EfficientDet, device: torch.device) -> tuple[Efficie
         from timm.layers import convert_sync_batchnorm  # keeps timm's BN+activation layers whole
 
         model = convert_sync_batchnorm(model)
+    # a segmentation-only network with the P2 classifier does not use the last feature-network layer's
+    # P3..P7 outputs (their nodes get no gradient): DDP must be told, or it waits for them forever
+    unused = not model.config.detect and model.config.seg_head == "p2"
     return model, nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                      else None)
+                                                      else None, find_unused_parameters=unused)
 
 
 def build_loader(cfg: TrainConfig, data: DetectionData, model: EfficientDet, device: torch.device
@@ -176,7 +223,9 @@ def build_loader(cfg: TrainConfig, data: DetectionData, model: EfficientDet, dev
                                hflip=cfg.hflip)
     g = torch.Generator()
     g.manual_seed(cfg.seed)
-    loader = DataLoader(DetectionDataset(data, transform), batch_sampler=sampler, num_workers=cfg.workers,
+    dataset = SegmentationDataset(data, transform) if isinstance(data, SegmentationData) else DetectionDataset(
+        data, transform)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers,
                         collate_fn=collate, worker_init_fn=_init_worker, generator=g,
                         pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0)
     return loader, sampler

@@ -51,12 +51,18 @@ class TrainConfig:
     """
 
     train_images: str = opt("", "training images directory")
-    train_annotations: str = opt("", "COCO json, or VOC/YOLO annotations directory")
+    train_annotations: str = opt("", "COCO json, or VOC/YOLO annotations directory; segmentation: a folder of PNG "
+                                 "masks named by the image stems, a VOC root (ImageSets/Segmentation lists) or "
+                                 "COCO json")
+    task: str = opt("detect", "what to train: detect, segment (semantic masks) or detect,segment (one network, "
+                    "both heads, both losses; COCO json with polygons)",
+                    choices=("detect", "segment", "detect,segment"))
     model: str = opt("efficientdet_d0", "variant name")
     val_images: str | None = opt(None, "validation images directory")
     val_annotations: str | None = opt(None, "validation annotations")
     format: str = opt("auto", "annotation format", choices=("auto", "coco", "voc", "yolo"))
-    names: str | None = opt(None, "VOC/YOLO: class names file (one per line)")
+    names: str | None = opt(None, "class names file, one per line (VOC/YOLO boxes; segmentation: labels.txt, line i = "
+                                  "class i, background first)")
     epochs: int = opt(300, "training epochs", check="positive_int")
     batch_size: int = opt(8, "GLOBAL batch size (summed over all processes)", check="positive_int")
     image_size: int | None = opt(None, "network input side (default: the model's)", check="image_size")
@@ -115,6 +121,8 @@ class TrainConfig:
     progress: bool = opt(True, "progress bar")
     tensorboard: bool = opt(True, "TensorBoard event files")
     plots: bool = opt(True, "PNG plots at the end of the run")
+    seg_loss_weight: float = opt(1.0, "weight of the segmentation loss next to the detection loss (detect,segment)",
+                                 check="positive_float")
 
     def __post_init__(self) -> None:
         checks = [
@@ -140,10 +148,17 @@ class TrainConfig:
             raise ConfigError(f"recipe {self.recipe!r} is not one of {', '.join(RECIPES)}")
         if self.anchors not in ("auto", "default"):
             raise ConfigError(f"anchors {self.anchors!r} is not one of auto, default")
+        if self.task not in ("detect", "segment", "detect,segment", "segment,detect"):
+            raise ConfigError(f"task {self.task!r} is not one of detect, segment, detect,segment")
         if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
         if (self.val_images is None) != (self.val_annotations is None):
             raise ConfigError("give both --val-images and --val-annotations, or neither")
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """``("detect",)``, ``("segment",)`` or ``("detect", "segment")``."""
+        return tuple(t for t in ("detect", "segment") if t in self.task.split(","))
 
     @property
     def peak_lr(self) -> float:

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-COLUMNS = ("epoch", "loss", "cls_loss", "box_loss", "lr", "AP", "AP50", "AP75", "APs", "APm", "APl", "AR100",
-           "nan_steps", "time")
+COLUMNS = ("epoch", "loss", "cls_loss", "box_loss", "seg_loss", "lr", "AP", "AP50", "AP75", "APs", "APm", "APl",
+           "AR100", "mIoU", "pixel_accuracy", "mean_accuracy", "fwIoU", "nan_steps", "time")
 
 
 def next_run_dir(root: str | Path = "runs/train", name: str = "exp") -> Path:
@@ -62,7 +62,8 @@ class MetricsLog:
                 w.writerow({k: ("" if r.get(k) is None or r.get(k) != r.get(k) else r[k]) for k in COLUMNS})
         for k in COLUMNS[1:]:
             if row.get(k) is not None and k not in ("time", "nan_steps"):
-                self.scalar(f"{'val' if k.startswith('A') else 'train'}/{k}", float(row[k]), step)
+                val = k.startswith("A") or k in ("mIoU", "pixel_accuracy", "mean_accuracy", "fwIoU")
+                self.scalar(f"{'val' if val else 'train'}/{k}", float(row[k]), step)
         if self.writer is not None:
             self.writer.flush()
 
@@ -88,21 +89,27 @@ def _plt():
 
 
 def plot_curves(metrics_csv: Path, out_dir: Path) -> list[Path]:
-    """``loss.png`` (total/cls/box vs epoch) and ``ap.png`` (AP, AP50, AP75 vs epoch)."""
+    """``loss.png`` (total/cls/box/seg vs epoch), ``ap.png`` (AP, AP50, AP75 vs epoch) and ``miou.png``
+    (mIoU, pixel and mean accuracy vs epoch); a plot without any value (e.g. AP of a segmentation run)
+    is not written."""
     rows = read_metrics(metrics_csv)
     if not rows:
         return []
     plt = _plt()
     epochs = [r["epoch"] for r in rows]
     written = []
-    for name, keys in (("loss", ("loss", "cls_loss", "box_loss")), ("ap", ("AP", "AP50", "AP75"))):
+    titles = {"loss": "training loss", "ap": "validation AP (EMA weights)", "miou": "validation mIoU (EMA weights)"}
+    for name, keys in (("loss", ("loss", "cls_loss", "box_loss", "seg_loss")), ("ap", ("AP", "AP50", "AP75")),
+                       ("miou", ("mIoU", "pixel_accuracy", "mean_accuracy"))):
+        series = {k: [r.get(k, math.nan) for r in rows] for k in keys}
+        series = {k: ys for k, ys in series.items() if any(math.isfinite(y) for y in ys)}
+        if not series:
+            continue
         fig, ax = plt.subplots(figsize=(6, 4))
-        for k in keys:
-            ys = [r.get(k, math.nan) for r in rows]
-            if any(math.isfinite(y) for y in ys):
-                ax.plot(epochs, ys, marker="o", label=k)
+        for k, ys in series.items():
+            ax.plot(epochs, ys, marker="o", label=k)
         ax.set_xlabel("epoch")
-        ax.set_title("training loss" if name == "loss" else "validation AP (EMA weights)")
+        ax.set_title(titles[name])
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:  # e.g. no AP curve without validation data
             ax.legend()

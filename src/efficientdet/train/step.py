@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..loss import DetectionLoss
+from ..loss import DetectionLoss, segmentation_loss
 from ..matcher import match_anchors
 from ..model.efficientdet import flatten_outputs
 from . import distributed as dist
@@ -23,16 +23,21 @@ from .state import TrainState
 @dataclass(frozen=True)
 class StepSetup:
     """What stays fixed over a run: the module to call (the DDP wrapper in a ``torchrun`` job), anchors,
-    loss, device, mixed-precision dtype (``None`` = float32), clipping norm and input memory format."""
+    loss, device, mixed-precision dtype (``None`` = float32), clipping norm and input memory format.
+
+    ``tasks``: ``("detect",)``, ``("segment",)`` or both; a segmentation-only run has no anchors or
+    detection loss (``None``); ``seg_weight`` weighs the segmentation loss in the total."""
 
     forward: nn.Module
-    anchors: torch.Tensor
-    loss_fn: DetectionLoss
+    anchors: torch.Tensor | None
+    loss_fn: DetectionLoss | None
     device: torch.device
     amp_dtype: torch.dtype | None
     clip_grad: float
     channels_last: bool
     trainable: tuple[nn.Parameter, ...]
+    tasks: tuple[str, ...] = ("detect",)
+    seg_weight: float = 1.0
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
@@ -47,39 +52,60 @@ def train_step(state: TrainState, setup: StepSetup, images: torch.Tensor, target
     Skipped (no optimizer step, no EMA update) when the loss or the gradient norm is not finite. The
     learning rate for ``state.step`` is applied first. In a ``torchrun`` job the loss is normalised by the
     positives of the GLOBAL batch, so the averaged DDP gradient equals the single-process gradient of the
-    same global batch. With ``accumulate`` N the batch runs as N sequential micro-batches (activation
-    memory of one micro-batch) whose losses are re-weighted from their own positives to the whole batch's,
-    so the summed gradient is the whole batch's (BatchNorm statistics are per micro-batch). Counters are
-    the caller's.
+    same global batch. The segmentation loss (pixel-wise cross-entropy, 255 ignored, ``targets[i]["mask"]``,
+    weighted by ``setup.seg_weight``) is likewise a mean over the labelled pixels of the global batch. With
+    ``accumulate`` N the batch runs as N sequential micro-batches (activation memory of one micro-batch)
+    whose losses are re-weighted from their own positives (labelled pixels) to the whole batch's, so the
+    summed gradient is the whole batch's (BatchNorm statistics are per micro-batch). Counters are the
+    caller's.
     """
     state.schedule.apply(state.optimizer, state.step)
     images = images.to(setup.device, non_blocking=True)
     if setup.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    match = match_anchors(setup.anchors, [x["boxes"] for x in targets], [x["labels"] for x in targets],
-                          [x["iscrowd"] for x in targets])
+    detect = "detect" in setup.tasks
+    segment = "segment" in setup.tasks
     n = images.shape[0]
     parts = max(1, min(int(accumulate), n))
     bounds = [round(i * n / parts) for i in range(parts + 1)]
-    batch_positives = (match.cls_targets >= 0).sum().float()
-    scale = 1.0
-    if dist.world_size() > 1:
-        positives = dist.all_reduce(batch_positives.clone())
-        scale = float(dist.world_size() * (batch_positives + 1) / (positives + 1))
+    world = dist.world_size()
+    det_scale = seg_scale = 1.0
+    if detect:
+        match = match_anchors(setup.anchors, [x["boxes"] for x in targets], [x["labels"] for x in targets],
+                              [x["iscrowd"] for x in targets])
+        batch_positives = (match.cls_targets >= 0).sum().float()
+        if world > 1:  # normalised by the positives of the GLOBAL batch
+            det_scale = float(world * (batch_positives + 1) / (dist.all_reduce(batch_positives.clone()) + 1))
+    if segment:
+        masks = torch.stack([x["mask"] for x in targets]).to(setup.device, non_blocking=True).long()
+        batch_valid = (masks != 255).sum().float()
+        if world > 1:  # a mean over the GLOBAL batch's labelled pixels, as in one process
+            seg_scale = float(world * batch_valid / dist.all_reduce(batch_valid.clone()).clamp(min=1))
     state.optimizer.zero_grad(set_to_none=True)
     scaler = state.scaler
-    sums = {"loss": 0.0, "cls_loss": 0.0, "box_loss": 0.0}
+    sums: dict[str, float] = {}
     for i in range(parts):
         sl = slice(bounds[i], bounds[i + 1])
         last = i == parts - 1
         sync = contextlib.nullcontext() if last or not hasattr(setup.forward, "no_sync") else setup.forward.no_sync()
         with sync:
             with setup.autocast():
-                cls, box = setup.forward(images[sl])
-            cls, box = flatten_outputs(cls, box, state.model.config.num_classes)
-            terms = setup.loss_fn(cls, box, match.cls_targets[sl], match.box_targets[sl])
-            weight = (terms["num_positives"].detach() + 1.0) / (batch_positives + 1.0)  # micro -> batch normaliser
-            loss = terms["loss"] * weight * scale
+                outputs = setup.forward(images[sl])
+            loss = torch.zeros((), device=setup.device)
+            parts_terms: dict[str, torch.Tensor] = {}
+            if detect:
+                cls, box = flatten_outputs(outputs[0], outputs[1], state.model.config.num_classes)
+                terms = setup.loss_fn(cls, box, match.cls_targets[sl], match.box_targets[sl])
+                weight = (terms["num_positives"].detach() + 1.0) / (batch_positives + 1.0)  # micro -> batch
+                loss = loss + terms["loss"] * weight * det_scale
+                for k in ("loss", "cls_loss", "box_loss"):
+                    parts_terms[k] = terms[k] * weight
+            if segment:
+                micro = masks[sl]
+                seg = segmentation_loss(outputs if isinstance(outputs, torch.Tensor) else outputs[2], micro)
+                seg_weight = (micro != 255).sum().float() / batch_valid.clamp(min=1)
+                loss = loss + setup.seg_weight * seg * seg_weight * seg_scale
+                parts_terms["seg_loss"] = seg * seg_weight
             finite = dist.all_reduce(torch.isfinite(loss.detach()).float().reshape(1), "min")
             if not bool(finite.item()):  # every process skips together (no half-finished DDP reduction)
                 state.optimizer.zero_grad(set_to_none=True)
@@ -88,8 +114,8 @@ def train_step(state: TrainState, setup: StepSetup, images: torch.Tensor, target
                 scaler.scale(loss).backward()
             else:
                 loss.backward()
-        for k in sums:
-            sums[k] += float((terms[k] * weight).detach())
+        for k, v in parts_terms.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
     if scaler is not None:
         scaler.unscale_(state.optimizer)
     norm = torch.nn.utils.clip_grad_norm_(setup.trainable, setup.clip_grad)
@@ -104,4 +130,7 @@ def train_step(state: TrainState, setup: StepSetup, images: torch.Tensor, target
     else:
         state.optimizer.step()
     state.ema.update(state.model)
-    return {**sums, "grad_norm": float(norm)}
+    out = {k: v for k, v in sums.items() if k != "loss"}
+    out["loss"] = sums.get("loss", 0.0) + setup.seg_weight * sums.get("seg_loss", 0.0)
+    out["grad_norm"] = float(norm)
+    return out

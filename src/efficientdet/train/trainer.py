@@ -43,6 +43,7 @@ from .run_dir import MetricsLog, image_grid, next_run_dir, plot_curves, plot_pr
 from .step import StepSetup, train_step
 
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
+LOSS_KEYS = ("loss", "cls_loss", "box_loss", "seg_loss")
 
 
 @dataclass
@@ -80,7 +81,9 @@ class Trainer:
         self.train_data, self.val_data = build_data(cfg)
         if ckpt is None:  # a new run: recipe and anchors are decided once, then saved in config.yaml
             cfg = resolve_recipe(cfg, len(self.train_data))
-            cfg = resolve_anchors(cfg, self.train_data)
+            if "detect" in cfg.tasks:  # anchors are fitted on the detection boxes
+                boxes = self.train_data.detection if "segment" in cfg.tasks else self.train_data
+                cfg = resolve_anchors(cfg, boxes)
         self.cfg = cfg
         self.model = build_model(cfg, self.train_data, self.device, resuming=ckpt is not None)
         self.steps_per_epoch = len(self.train_data) // cfg.batch_size
@@ -99,9 +102,12 @@ class Trainer:
             cfg.save_yaml(self.run_dir / "config.yaml")
         self.model, forward = wrap_distributed(self.model, self.device)
         self.state.model = self.model
-        self.setup = StepSetup(forward, anchors_for(self.model.config).to(self.device),
-                               DetectionLoss(self.model.config.num_classes), self.device, self.amp, cfg.clip_grad,
-                               cfg.channels_last, tuple(p for p in self.model.parameters() if p.requires_grad))
+        detect = "detect" in cfg.tasks
+        self.setup = StepSetup(forward, anchors_for(self.model.config).to(self.device) if detect else None,
+                               DetectionLoss(self.model.config.num_classes) if detect else None, self.device, self.amp,
+                               cfg.clip_grad, cfg.channels_last,
+                               tuple(p for p in self.model.parameters() if p.requires_grad), cfg.tasks,
+                               cfg.seg_loss_weight)
         self.loader, self.sampler = build_loader(cfg, self.train_data, self.model, self.device)
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.step_times: list[float] = []
@@ -143,7 +149,7 @@ class Trainer:
         self._check_finite()
         return save_checkpoint(self.weights_dir / "best.pt", self.state.ema.module,
                                extra={"epoch": self.state.epoch,
-                                      "metrics": {k: float(metrics[k]) for k in METRIC_KEYS}})
+                                      "metrics": {k: float(metrics[k]) for k in self._metric_keys()}})
 
     def train_one_epoch(self) -> dict[str, float] | None:
         """Run the rest of the current epoch (from ``state.batch_in_epoch``); its mean loss terms.
@@ -160,7 +166,7 @@ class Trainer:
                    disable=not (cfg.progress and dist.is_main()), dynamic_ncols=True, leave=True)
         tick = time.perf_counter()
         for images, targets in self.loader:
-            if s.step == 0 and cfg.plots and dist.is_main():
+            if s.step == 0 and cfg.plots and dist.is_main() and cfg.tasks == ("detect",):
                 self._save_train_batch(images, targets)
             self.set_train_mode()
             terms = train_step(s, self.setup, images, targets, cfg.accumulate)
@@ -176,16 +182,20 @@ class Trainer:
                         "without saving these weights: lower the lr (--lr), check the labels")
             elif "amp_skip" not in terms:
                 s.nan_streak = 0
-                for k in ("loss", "cls_loss", "box_loss"):
-                    s.epoch_sums[k] = s.epoch_sums.get(k, 0.0) + terms[k]
+                for k in LOSS_KEYS:
+                    if k in terms:
+                        s.epoch_sums[k] = s.epoch_sums.get(k, 0.0) + terms[k]
                 s.epoch_sums["n"] = s.epoch_sums.get("n", 0.0) + 1
             now = time.perf_counter()
             dt, tick = now - tick, now
             self.step_times.append(dt)
             if terms is not None and bar.disable is False:
                 mean_dt = sum(self.step_times[-20:]) / len(self.step_times[-20:])
-                bar.set_postfix(loss=f"{terms['loss']:.4f}", cls=f"{terms.get('cls_loss', math.nan):.4f}",
-                                box=f"{terms.get('box_loss', math.nan):.5f}",
+                parts = {"cls": f"{terms['cls_loss']:.4f}", "box": f"{terms['box_loss']:.5f}"} \
+                    if "cls_loss" in terms else {}
+                if "seg_loss" in terms:
+                    parts["seg"] = f"{terms['seg_loss']:.4f}"
+                bar.set_postfix(loss=f"{terms['loss']:.4f}", **parts,
                                 lr=f"{s.optimizer.param_groups[0]['lr']:.2e}", img_s=f"{cfg.batch_size / mean_dt:.1f}",
                                 eta=_fmt_time(mean_dt * (self.total_steps - s.step)), refresh=False)
             bar.update(1)
@@ -197,16 +207,40 @@ class Trainer:
                 return None
         bar.close()
         n = s.epoch_sums.get("n", 0.0)
-        return {k: s.epoch_sums.get(k, math.nan) / n if n else math.nan for k in ("loss", "cls_loss", "box_loss")}
+        keys = [k for k in LOSS_KEYS if k in s.epoch_sums] or ["loss"]
+        return {k: s.epoch_sums.get(k, math.nan) / n if n else math.nan for k in keys}
 
     # -- the loop -------------------------------------------------------------------------------------
     def _validate(self) -> dict:
+        """Validation metrics of the EMA weights: COCO box metrics and/or mIoU & co.; ``score`` is what picks
+        best.pt (AP; mIoU for segmentation; their mean for a joint model)."""
         from ..eval.coco import format_metrics
 
-        metrics, dets = evaluate(self.state.ema.module, self.val_data, self.cfg.eval_batch_size, self.device)
-        self.metrics, self.last_dets = metrics, dets
-        print(f"\nvalidation after epoch {self.state.epoch} (EMA weights):\n{format_metrics(metrics)}", flush=True)
+        metrics: dict = {}
+        model = self.state.ema.module
+        if "detect" in self.cfg.tasks:
+            det_data = self.val_data.detection if "segment" in self.cfg.tasks else self.val_data
+            metrics, dets = evaluate(model, det_data, self.cfg.eval_batch_size, self.device)
+            self.last_dets = dets
+            print(f"\nvalidation after epoch {self.state.epoch} (EMA weights):\n{format_metrics(metrics)}", flush=True)
+        if "segment" in self.cfg.tasks:
+            from ..eval.segmentation import format_seg_metrics
+            from .seg import seg_validate
+
+            seg = seg_validate(model, self.val_data, self.cfg.eval_batch_size, self.device)
+            metrics = {**metrics, **seg}
+            print(f"\nsegmentation after epoch {self.state.epoch} (EMA weights):\n{format_seg_metrics(seg)}",
+                  flush=True)
+        scores = [metrics[k] for k, t in (("AP", "detect"), ("mIoU", "segment")) if t in self.cfg.tasks]
+        metrics["score"] = sum(scores) / len(scores)
+        self.metrics = metrics
         return metrics
+
+    def _metric_keys(self) -> tuple[str, ...]:
+        from .seg import SEG_METRIC_KEYS
+
+        return (METRIC_KEYS if "detect" in self.cfg.tasks else ()) + (
+            SEG_METRIC_KEYS if "segment" in self.cfg.tasks else ())
 
     def run(self) -> TrainResult:
         cfg = self.cfg
@@ -215,12 +249,14 @@ class Trainer:
         interrupted = False
         try:
             c = self.model.config
-            log(f"training {c.name} ({c.image_size}px, {c.num_classes} classes) "
+            classes = " + ".join(([f"{c.num_classes} classes"] if "detect" in cfg.tasks else [])
+                                 + ([f"{c.seg_classes} segmentation classes"] if "segment" in cfg.tasks else []))
+            log(f"training {c.name} ({c.image_size}px, {classes}) "
                  f"for {cfg.epochs} epochs x {self.steps_per_epoch} steps, global batch {cfg.batch_size} on "
                  f"{dist.world_size()} process(es), {self.device}, amp={'on' if self.amp else 'off'}, "
                  f"peak lr {cfg.peak_lr:g}" + (f", {cfg.accumulate} micro-batches per step" if cfg.accumulate > 1
                                                else "") + f"; run folder {self.run_dir}")
-            if self.state.step == 0 and cfg.plots and dist.is_main():
+            if self.state.step == 0 and cfg.plots and dist.is_main() and cfg.tasks == ("detect",):
                 self._save_label_statistics()
             while self.state.epoch < cfg.epochs:
                 t0 = time.perf_counter()
@@ -237,9 +273,9 @@ class Trainer:
                 if dist.is_main() and self.val_data is not None and (
                         self.state.epoch % cfg.val_interval == 0 or self.state.epoch == cfg.epochs):
                     metrics = self._validate()
-                    row.update({k: metrics[k] for k in METRIC_KEYS})
-                    if metrics["AP"] > self.state.best_ap:
-                        self.state.best_ap, self.state.evals_since_best = metrics["AP"], 0
+                    row.update({k: metrics[k] for k in self._metric_keys()})
+                    if metrics["score"] > self.state.best_ap:
+                        self.state.best_ap, self.state.evals_since_best = metrics["score"], 0
                         self.save_best(metrics)
                     else:
                         self.state.evals_since_best += 1
@@ -253,7 +289,8 @@ class Trainer:
                     stop_early = bool(flag.item())
                     dist.barrier()
                 if stop_early:
-                    log(f"no AP improvement in {cfg.patience} evaluations; stopping early")
+                    log(f"no {'AP' if cfg.tasks == ('detect',) else 'score'} improvement in {cfg.patience} "
+                        "evaluations; stopping early")
                     break
             if interrupted:
                 self.save_last()
@@ -277,11 +314,17 @@ class Trainer:
             try:
                 plots += [p for p in (self.run_dir / "train_batch.png", self.run_dir / "labels.png") if p.is_file()]
                 plots += plot_curves(self.run_dir / "metrics.csv", self.run_dir)
-                if self.val_data is not None and self.last_dets is not None and self.metrics:
-                    names = dict(zip(self.val_data.category_ids, self.val_data.class_names))
-                    plots.append(plot_pr(self.val_data.to_coco(), self.last_dets, names,
+                det_data = getattr(self.val_data, "detection", self.val_data)
+                if det_data is not None and "detect" in self.cfg.tasks and self.last_dets is not None and self.metrics:
+                    names = dict(zip(det_data.category_ids, det_data.class_names))
+                    plots.append(plot_pr(det_data.to_coco(), self.last_dets, names,
                                          self.run_dir / "pr_curve.png"))
                     plots.append(self._val_grid())
+                if self.val_data is not None and "segment" in self.cfg.tasks and self.metrics:
+                    from .seg import overlay_grid
+
+                    plots.append(overlay_grid(self.state.ema.module, self.val_data, self.run_dir / "val_overlays.png",
+                                              self.device))
             except Exception as exc:  # a plotting problem must not turn a finished run into an error
                 log(f"warning: plots not written ({type(exc).__name__}: {exc})")
         best = self.weights_dir / "best.pt"
@@ -290,7 +333,7 @@ class Trainer:
         if dist.is_main() and not interrupted:
             lines = [f"done: {s.epoch} epochs, {s.step} steps ({s.nan_steps} skipped as non-finite)",
                      f"  run folder   {self.run_dir}", f"  weights      {result.last}" +
-                     (f", {result.best} (best AP {s.best_ap:.4f})" if result.best else ""),
+                     (f", {result.best} (best {self._score_name()} {s.best_ap:.4f})" if result.best else ""),
                      f"  metrics      {self.run_dir / 'metrics.csv'}", f"  config       {self.run_dir / 'config.yaml'}"]
             if self.cfg.tensorboard:
                 lines.append(f"  tensorboard  tensorboard --logdir {self.run_dir / 'tensorboard'}")
@@ -327,6 +370,8 @@ class Trainer:
                                   self.run_dir / "labels.png", c.image_size)
         except Exception as exc:
             log(f"warning: labels.png not written ({type(exc).__name__}: {exc})")
+    def _score_name(self) -> str:
+        return {("detect",): "AP", ("segment",): "mIoU"}.get(self.cfg.tasks, "(AP + mIoU) / 2")
 
     def _val_grid(self, count: int = 8) -> Path:
         from ..images import load_image
@@ -334,7 +379,7 @@ class Trainer:
         from ..visualize import draw_detections
 
         detector = Detector(self.state.ema.module, device=self.device, score_threshold=0.3)
-        samples = self.val_data.samples[:count]
+        samples = getattr(self.val_data, "detection", self.val_data).samples[:count]
         images = [load_image(s.path) for s in samples]
         drawn = [draw_detections(img, det) for img, det in zip(images, detector(images))]
         return image_grid(drawn, self.run_dir / "val_predictions.png")
