@@ -23,6 +23,9 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError
 
+#: file suffixes read as still images (folders, globs, calibration sets)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
+
 #: Largest image accepted, in pixels (width * height); PIL's default decompression-bomb limit.
 MAX_IMAGE_PIXELS = 178_956_970
 

@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
+from ..images import IMAGE_SUFFIXES
 
 
 class Parser(argparse.ArgumentParser):

@@ -34,7 +34,7 @@ DEFAULT_CALIBRATION_IMAGES = 32
 
 def calibration_files(folder: str | Path, max_images: int = DEFAULT_CALIBRATION_IMAGES) -> list[Path]:
     """The first ``max_images`` image files under ``folder`` (sorted, recursive)."""
-    from ..cli.common import IMAGE_SUFFIXES
+    from ..images import IMAGE_SUFFIXES
 
     root = Path(folder)
     if not root.is_dir():

@@ -8,7 +8,6 @@ from pathlib import Path
 import timm
 from torch import nn
 
-from ..errors import WeightsError
 from .norm_act import use_memory_efficient_norm_act
 
 
@@ -34,23 +33,11 @@ def create_backbone(
     model = timm.create_model(name, features_only=True, out_indices=out_indices, drop_path_rate=drop_path_rate)
     use_memory_efficient_norm_act(model)  # same numbers, ~1/3 less activation memory in training
     if pretrained is True:
-        _load_timm_pretrained(model, name, out_indices)
+        from .imagenet import load_timm_pretrained
+
+        load_timm_pretrained(model, name)
     elif pretrained:
         from .imagenet import load_imagenet_backbone
 
         load_imagenet_backbone(model, name, pretrained)
     return model
-
-
-def _load_timm_pretrained(model: nn.Module, name: str, out_indices: tuple[int, ...]) -> None:
-    from ..weights import network_available
-
-    if not network_available("huggingface.co"):
-        raise WeightsError(
-            f"ImageNet weights for backbone {name!r} need a download and there is no network (or "
-            "HF_HUB_OFFLINE=1); download them elsewhere (timm.create_model(name, pretrained=True)) and "
-            "pass the saved state dict file to --pretrained-backbone, or train from scratch"
-        )
-    reference = timm.create_model(name, pretrained=True, features_only=True, out_indices=out_indices)
-    model.load_state_dict(reference.state_dict())
-

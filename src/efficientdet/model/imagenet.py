@@ -260,6 +260,23 @@ def convert_to_timm(state: dict[str, torch.Tensor], timm_name: str, where: str =
     return out
 
 
+def load_timm_pretrained(model: torch.nn.Module, name: str) -> None:
+    """timm's own ImageNet weights for a ``features_only`` backbone (a download: needs network)."""
+    import timm
+
+    from ..weights import network_available
+
+    if not network_available("huggingface.co"):
+        raise WeightsError(
+            f"ImageNet weights for backbone {name!r} need a download and there is no network (or "
+            "HF_HUB_OFFLINE=1); download them elsewhere (timm.create_model(name, pretrained=True)) and "
+            "pass the saved state dict file to --pretrained-backbone, or train from scratch"
+        )
+    out_indices = tuple(model.feature_info.out_indices)
+    reference = timm.create_model(name, pretrained=True, features_only=True, out_indices=out_indices)
+    model.load_state_dict(reference.state_dict())
+
+
 def load_imagenet_backbone(model: torch.nn.Module, timm_name: str, spec: str | Path) -> str:
     """Load ImageNet weights given by ``spec`` (see the module docstring) into a timm features model.
 
@@ -267,12 +284,10 @@ def load_imagenet_backbone(model: torch.nn.Module, timm_name: str, spec: str | P
     """
     source = resolve_source(spec)
     if isinstance(source, str):  # a timm name: timm's own download
-        from .backbone import _load_timm_pretrained
-
         if source != timm_name:
             raise WeightsError(f"--pretrained-backbone {source!r} is another timm model than this variant's "
                                f"backbone {timm_name!r}; pass {timm_name} or a weights file")
-        _load_timm_pretrained(model, timm_name)
+        load_timm_pretrained(model, timm_name)
         return f"timm ImageNet weights of {timm_name}"
     state = read_state_dict(source)
     converted = convert_to_timm(state, timm_name, where=str(source))
