@@ -23,7 +23,10 @@ import json, statistics, sys, time
 import torch
 torch.set_num_threads(THREADS)
 from efficientdet import Detector
-from efficientdet.benchmark import sample_image
+try:
+    from efficientdet.benchmark import sample_image
+except ImportError:  # trees before the restructure
+    from efficientdet.export.benchmark import sample_image
 img = sample_image()
 det = Detector("d0", weights=WEIGHTS, score_threshold=0.001)
 def t(fn):
@@ -48,7 +51,9 @@ def run_tree(tree: Path, weights: Path, onnx: Path, runs: int, threads: int) -> 
     code = (SNIPPET.replace("THREADS", str(threads)).replace("RUNS", str(runs))
             .replace("WEIGHTS", repr(str(weights))).replace("ONNX", repr(str(onnx))))
     env = {**os.environ, "PYTHONPATH": str(tree / "src"), "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{tree}: the timing process failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
