@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, DataError
 from ..inference.config import PREDICT
-from .common import image_size, positive_float, positive_int, unit_float
+from .common import image_size, positive_float, positive_int, unit_float, write_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -63,8 +63,7 @@ def run(args: argparse.Namespace) -> int:
     if args.budget_ms is not None:
         print(format_table(report).splitlines()[-1])
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+        write_json(args.json, report)
     return 0
 
 
@@ -85,6 +84,5 @@ def _budget_from_report(args: argparse.Namespace) -> int:
     report.update(budget_ms=args.budget_ms, **budget_choice(rows, args.budget_ms, [r.model for r in rows]))
     print(format_table(report))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+        write_json(args.json, report)
     return 0

@@ -96,6 +96,15 @@ def expand_sources(sources: list[str]) -> tuple[list[tuple[Path, str]], list[str
     return found, missing
 
 
+def write_json(path: str | Path, obj: object) -> None:
+    """``--json`` outputs: indented JSON with a final newline, parent folders created."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=1) + "\n")
+
+
 def add_model_options(p: argparse.ArgumentParser, weights_required: bool = False) -> None:
     """``--model --weights --device --image-size --backend`` (predict, eval, serve)."""
     p.add_argument("--model", default=None,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..inference.config import DEFAULTS
-from .common import add_model_options, add_tile_options, make_detector, positive_int, tiled
+from .common import add_model_options, add_tile_options, make_detector, positive_int, tiled, write_json
 
 
 def run_segment(args: argparse.Namespace) -> int:
@@ -44,8 +44,7 @@ def run_segment(args: argparse.Namespace) -> int:
     print(f"{len(data)} images, {metrics['pixels']:,} labelled pixels")
     print(format_seg_metrics(metrics))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(metrics, indent=1) + "\n")
+        write_json(args.json, metrics)
     return 0
 
 
@@ -98,8 +97,7 @@ def run(args: argparse.Namespace) -> int:
             Path(args.save_predictions).write_text(json.dumps(dets) + "\n")
     print(format_metrics(metrics))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(metrics, indent=1) + "\n")
+        write_json(args.json, metrics)
     return 0
 
 

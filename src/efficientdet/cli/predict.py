@@ -4,13 +4,21 @@ webcams and image sequences (:func:`efficientdet.video.predict_video`)."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from ..errors import ConfigError, EfficientDetError
 from ..inference.config import PREDICT
-from .common import add_model_options, add_tile_options, expand_sources, make_detector, positive_int, tiled, unit_float
+from .common import (
+    add_model_options,
+    add_tile_options,
+    expand_sources,
+    make_detector,
+    positive_int,
+    tiled,
+    unit_float,
+    write_json,
+)
 
 #: the tracker's low-score threshold: with --track, detections down to it extend existing tracks
 TRACK_LOW = 0.1
@@ -85,8 +93,7 @@ def run_segment(args: argparse.Namespace, items: list, problems: list[str]) -> i
             target.parent.mkdir(parents=True, exist_ok=True)
             overlay_mask(image, mask).save(target)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(records, indent=1) + "\n")
+        write_json(args.json, records)
     print(f"{len(records)} image(s) segmented" + (f"; masks in {args.masks}" if args.masks else "")
           + (f"; overlays in {out_dir}" if out_dir else "") + (f"; pixel counts in {args.json}" if args.json else ""))
     if skipped or problems:
@@ -162,9 +169,7 @@ def run(args: argparse.Namespace) -> int:
     if videos and not all_items:
         return video_code
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        doc = {"detections": records, "segmentation": seg_records} if seg_records else records
-        Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
+        write_json(args.json, {"detections": records, "segmentation": seg_records} if seg_records else records)
     done = len(all_items) - skipped
     summary = f"{done} image(s), {total} detection(s)" + (f" from {world} processes" if world > 1 else "")
     if out_dir:
