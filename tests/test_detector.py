@@ -87,3 +87,21 @@ def test_bad_settings_are_config_errors():
         Detector(model, max_det=0)
     with pytest.raises(ConfigError, match="batch_size"):
         Detector(model)([np.zeros((10, 10, 3), np.uint8)], batch_size=0)
+
+
+def test_with_settings_is_a_copy_sharing_the_runner_that_equals_a_fresh_detector(detector, photo_files):
+    strict = detector.with_settings(score_threshold=0.4, iou_threshold=0.3, max_det=3)
+    assert strict.runner is detector.runner and strict.model is detector.model  # the network is not copied
+    assert (strict.settings.score_threshold, strict.settings.iou_threshold, strict.settings.max_det) == (0.4, 0.3, 3)
+    assert (detector.settings.score_threshold, detector.settings.max_det) == (0.2, 20)  # the original is unchanged
+    assert strict.settings.topk == detector.settings.topk  # what is not given is kept
+    loose = detector(photo_files[0])[0]  # the original built its post-processor first: the copy must not reuse it
+    want = Detector(detector.model, score_threshold=0.4, iou_threshold=0.3, max_det=3)(photo_files[0])[0]
+    got = strict(photo_files[0])[0]
+    assert 0 < len(got) <= 3 < len(loose)
+    np.testing.assert_allclose(got.boxes, want.boxes, atol=1e-4)
+    np.testing.assert_allclose(got.scores, want.scores, atol=1e-6)
+    np.testing.assert_array_equal(got.labels, want.labels)
+    assert len(detector(photo_files[0])[0]) == len(loose)
+    with pytest.raises(ConfigError, match="max_det"):
+        detector.with_settings(max_det=0)

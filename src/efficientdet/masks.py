@@ -7,6 +7,7 @@ only numpy and Pillow, so :mod:`efficientdet.deploy` can use it.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,13 +32,21 @@ def voc_palette() -> list[int]:
     return palette
 
 
+def palette_png(mask: np.ndarray) -> bytes:
+    """An (H, W) uint8 class map as the bytes of a VOC-coloured palette (mode ``P``) PNG whose pixel values
+    are the class indices: what :func:`save_palette_mask` writes and the service's ``/v1/segment`` sends."""
+    image = Image.fromarray(np.ascontiguousarray(mask, np.uint8), "P")
+    image.putpalette(voc_palette())
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
 def save_palette_mask(mask: np.ndarray, path: str | Path) -> Path:
     """Write an (H, W) uint8 class map as a VOC-coloured palette PNG (pixel values = class indices)."""
-    image = Image.fromarray(np.asarray(mask, np.uint8), "P")
-    image.putpalette(voc_palette())
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, format="PNG", optimize=False)
+    path.write_bytes(palette_png(mask))
     return path
 
 
@@ -50,11 +59,18 @@ def overlay_mask(image: Image.Image, mask: np.ndarray, alpha: float = 0.5) -> Im
     return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB")
 
 
+def class_pixels(mask: np.ndarray, class_names: Sequence[str]) -> list[dict]:
+    """``[{"id": index, "name": name, "pixels": count}, ...]`` for the classes present in the mask, by
+    index (a value without a name is named by its number, e.g. ``"255"`` for ignore)."""
+    counts = np.bincount(np.asarray(mask, np.uint8).ravel(), minlength=256)
+    return [{"id": c, "name": class_names[c] if c < len(class_names) else str(c), "pixels": int(n)}
+            for c, n in enumerate(counts.tolist()) if n]
+
+
 def pixel_counts(mask: np.ndarray, class_names: Sequence[str]) -> dict[str, int]:
     """Pixels per class name (classes with no pixels left out), most frequent first."""
-    counts = np.bincount(np.asarray(mask, np.uint8).ravel(), minlength=256)
-    rows = [(class_names[c] if c < len(class_names) else str(c), int(n)) for c, n in enumerate(counts) if n]
-    return dict(sorted(rows, key=lambda r: -r[1]))
+    rows = class_pixels(mask, class_names)
+    return {r["name"]: r["pixels"] for r in sorted(rows, key=lambda r: -r["pixels"])}
 
 
 def content_size(width: int, height: int, scale: float) -> tuple[int, int]:

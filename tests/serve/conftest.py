@@ -26,11 +26,12 @@ IDS = [1, 5, 9]
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
-def tiny_model(seed: int = 0) -> torch.nn.Module:
-    """D0 backbone at 128 px, a 16-channel one-layer BiFPN and heads, perturbed so that scores spread."""
+def tiny_model(seed: int = 0, **overrides) -> torch.nn.Module:
+    """D0 backbone at 128 px, a 16-channel one-layer BiFPN and heads, perturbed so that scores spread
+    (``overrides``: more model settings, e.g. a segmentation head for a joint model)."""
     torch.manual_seed(seed)
     model = create_model("d0", num_classes=3, class_names=NAMES, category_ids=IDS, image_size=128, fpn_channels=16,
-                         fpn_layers=1, head_layers=1).eval()
+                         fpn_layers=1, head_layers=1, **overrides).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -44,6 +45,45 @@ def tiny_model(seed: int = 0) -> torch.nn.Module:
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_checkpoint(tmp_path_factory.mktemp("serve") / "tiny.pt", tiny_model())
+
+
+SEG_NAMES = ["background", "sky", "road", "tree"]
+
+
+def _spread_seg_classifier(weight: torch.Tensor) -> None:
+    """Large random classifier weights (no bias): every class wins somewhere on the test photos."""
+    torch.manual_seed(1)
+    weight.normal_(0, 10.0)
+
+
+def tiny_seg_model() -> torch.nn.Module:
+    """A segmentation-only ``d0_seg`` (P2 classifier) at 128 px with a 16-channel BiFPN and head, 4 classes."""
+    torch.manual_seed(0)
+    model = create_model("d0_seg", seg_classes=len(SEG_NAMES), seg_class_names=SEG_NAMES, image_size=128,
+                         fpn_channels=16, fpn_layers=1, seg_channels=16, seg_layers=1).eval()
+    with torch.no_grad():
+        _spread_seg_classifier(model.seg_net.classifier.weight)
+        model.seg_net.classifier.bias.zero_()
+    return model
+
+
+def tiny_joint_model() -> torch.nn.Module:
+    """:func:`tiny_model` with the official decoder segmentation head (detection + segmentation, 4 classes)."""
+    model = tiny_model(seg_head="decoder", seg_classes=len(SEG_NAMES), seg_class_names=SEG_NAMES)
+    with torch.no_grad():
+        _spread_seg_classifier(model.seg_net.classifier.conv.weight)
+        model.seg_net.classifier.conv.bias.zero_()
+    return model
+
+
+@pytest.fixture(scope="session")
+def seg_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_checkpoint(tmp_path_factory.mktemp("serve_seg") / "tiny_seg.pt", tiny_seg_model())
+
+
+@pytest.fixture(scope="session")
+def joint_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_checkpoint(tmp_path_factory.mktemp("serve_joint") / "tiny_joint.pt", tiny_joint_model())
 
 
 def wait_ready(url: str, timeout: float = 60.0, process: subprocess.Popen | None = None) -> None:

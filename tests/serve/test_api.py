@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -93,6 +94,7 @@ def test_model_info_health_readiness_and_metrics(serve, tiny_weights):
         assert info["model"] == "efficientdet_d0" and info["input_size"] == 128 and info["backend"] == "torch"
         assert info["classes"] == [{"id": i, "name": n} for i, n in zip(IDS, NAMES)]
         assert info["weights"] == str(tiny_weights) and info["max_batch"] == 4 and info["segmentation"] is False
+        assert info["task"] == "detect" and info["seg_classes"] == []
         assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
         assert httpx.get(f"{url}/readyz").json() == {"ready": True}
         schema = httpx.get(f"{url}/openapi.json").json()
@@ -112,15 +114,20 @@ def test_segment_without_a_segmentation_head_is_a_clear_404(serve, photo_files):
     assert res.status_code == 404 and "no segmentation head" in res.json()["error"]
 
 
-def test_encode_mask_round_trips_as_png():
+def test_encode_mask_round_trips_as_a_palette_png(tmp_path):
     import base64
     import io
 
-    mask = np.zeros((5, 7), bool)
-    mask[1:3, 2:6] = True
-    png = Image.open(io.BytesIO(base64.b64decode(encode_mask(mask))))
-    assert png.format == "PNG" and png.size == (7, 5)
-    np.testing.assert_array_equal(np.asarray(png) == 255, mask)
+    from efficientdet.masks import save_palette_mask
+
+    mask = np.zeros((5, 7), np.uint8)
+    mask[1:3, 2:6] = 3
+    mask[4, 6] = 20
+    data = base64.b64decode(encode_mask(mask))
+    png = Image.open(io.BytesIO(data))
+    assert png.format == "PNG" and png.mode == "P" and png.size == (7, 5)
+    np.testing.assert_array_equal(np.asarray(png), mask)  # class indices, not colours
+    assert data == save_palette_mask(mask, tmp_path / "m.png").read_bytes()  # what predict --masks writes
 
 
 def test_a_batch_with_mixed_options_gives_each_image_what_a_detector_with_its_options_gives(tiny_weights,
@@ -151,6 +158,11 @@ class FailsOnWidth:
         if name == "detector":
             raise AttributeError(name)
         return getattr(self.detector, name)
+
+    def with_settings(self, **changes):  # the engine's per-options copies stay wrapped (and share the state)
+        clone = copy.copy(self)
+        clone.detector = self.detector.with_settings(**changes)
+        return clone
 
     def __call__(self, images, batch_size=8):
         self.calls.append(len(images))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import socket
@@ -60,6 +61,11 @@ class GatedDetector:
         if name == "detector":
             raise AttributeError(name)
         return getattr(self.detector, name)
+
+    def with_settings(self, **changes):  # the engine's per-options copies stay wrapped (and share the state)
+        clone = copy.copy(self)
+        clone.detector = self.detector.with_settings(**changes)
+        return clone
 
     def __call__(self, images, batch_size=8):
         self.entered.set()

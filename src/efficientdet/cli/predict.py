@@ -24,25 +24,6 @@ from .common import (
 TRACK_LOW = 0.1
 
 
-def _segmentation_weights(weights: str | None) -> str | None:
-    """``"segment"`` for a segmentation-only model (checkpoint or export), ``"joint"`` for detection +
-    segmentation, else None."""
-    if not weights:
-        return None
-    from ..inference.onnxrt import is_onnx_file
-
-    if is_onnx_file(weights):
-        from ..inference.onnx_export import read_onnx_metadata
-
-        return "segment" if read_onnx_metadata(weights).get("outputs") == "seg" else None
-    from ..weights import load_checkpoint
-
-    config = load_checkpoint(weights).config or {}
-    if not config.get("seg_head"):
-        return None
-    return "joint" if config.get("detect", True) else "segment"
-
-
 def _save_mask(args: argparse.Namespace, name: str, mask, class_names: list[str]) -> dict:
     """``--masks DIR/<stem>.png`` (palette, original size); the ``--json`` record of pixel counts."""
     from ..masks import pixel_counts, save_palette_mask
@@ -58,19 +39,12 @@ def run_segment(args: argparse.Namespace, items: list, problems: list[str]) -> i
     import time
 
     from ..images import load_image
+    from ..inference.tasks import load_segmenter
     from ..masks import overlay_mask
 
-    if is_onnx(args.weights):
-        from ..inference.seg_onnxrt import OnnxSegmenter
-
-        segmenter = OnnxSegmenter(args.weights)
-    else:
-        from ..factory import create_model
-        from ..inference.segmenter import Segmenter
-
-        segmenter = Segmenter(create_model(args.model, weights=args.weights, image_size=args.image_size),
-                              device=args.device,
-                              batch_size=args.batch_size if isinstance(args.batch_size, int) else 1)
+    segmenter = load_segmenter(args.weights, model=args.model, device=args.device,
+                               image_size=args.image_size,
+                               batch_size=args.batch_size if isinstance(args.batch_size, int) else 1)
     names = segmenter.class_names
     out_dir = Path(args.out) if args.out else None
     records, skipped = [], 0
@@ -120,15 +94,17 @@ def run(args: argparse.Namespace) -> int:
     if not items and not videos:
         raise ConfigError("no images to predict on; pass image files, directories or globs (or a video, a stream "
                           "URL, an image-sequence pattern, --source 0 for a webcam)")
-    kind = _segmentation_weights(args.weights)
-    if kind == "segment":
+    from ..inference.tasks import JOINT, SEGMENT, weights_task
+
+    kind = weights_task(args.weights)
+    if kind == SEGMENT:
         if videos:
             raise ConfigError("segmentation models predict images (--masks); pass image files, not videos")
         return run_segment(args, items, problems)
-    if args.masks and kind != "joint":
+    if args.masks and kind != JOINT:
         raise ConfigError(f"--masks needs a segmentation (or joint) model; {args.weights or 'the model'} only detects")
     seg_records: list[dict] = []
-    if kind == "joint" and args.backend == "auto":
+    if kind == JOINT and args.backend == "auto":
         args.backend = "torch"  # the segmentation output of a joint model comes from the PyTorch runner
     if world > 1 and args.track:
         raise ConfigError("--track follows objects through the inputs in order: run it in one process, not torchrun")
@@ -139,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
     detector = make_detector(args, threads=sharding.threads_per_process(), score_threshold=threshold,
                              iou_threshold=args.iou,
                              max_det=args.max_det, soft_nms=args.soft_nms or None)
+    seg_names = detector.seg_class_names  # a joint model's segmentation classes
     detector = tiled(detector, args, args.max_det)
     out_dir = Path(args.out) if args.out else None
     if out_dir:
@@ -151,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name}: {img.width}x{img.height} {counts} ({t['preprocess_ms']:.1f} ms preprocess, "
               f"{t['inference_ms']:.1f} ms inference, {t['postprocess_ms']:.1f} ms postprocess)", flush=True)
         if det.mask is not None:  # a joint model: its mask too (--masks, --json)
-            seg_records.append(_save_mask(args, name, det.mask, detector.model.seg_class_names))
+            seg_records.append(_save_mask(args, name, det.mask, seg_names))
 
     from ..folder import predict_files
 

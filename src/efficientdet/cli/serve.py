@@ -27,11 +27,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="HTTP detection service with a browser page",
-                       description="Serve a model over HTTP: POST /v1/detect, GET /v1/model, /healthz, /readyz, "
-                                   "/metrics and a browser page at /. Concurrent requests are batched. The default "
-                                   "backend here is torch (per-request IoU, batches of any size); --backend "
-                                   "onnxruntime has its NMS inside the graph, so requests keep its IoU.")
+    p = sub.add_parser("serve", help="HTTP detection / segmentation service with a browser page",
+                       description="Serve a model over HTTP: POST /v1/detect (boxes), POST /v1/segment "
+                                   "(segmentation and joint models: a class-index PNG mask), GET /v1/model, "
+                                   "/healthz, /readyz, /metrics and a browser page at /. Concurrent requests "
+                                   "are batched. The default backend here is torch (per-request IoU, batches of "
+                                   "any size); --backend onnxruntime has its NMS inside the graph, so requests "
+                                   "keep its IoU.")
     add_model_options(p, weights_required=True)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=non_negative_int, default=8000, help="port (default 8000; 0: any free port)")

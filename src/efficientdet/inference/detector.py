@@ -10,6 +10,7 @@ when a Detector needs them.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -100,6 +101,33 @@ class Detector:
     @property
     def class_names(self) -> list[str]:
         return self.labels.display_names
+
+    @property
+    def segments(self) -> bool:
+        """Whether results carry a semantic ``Detections.mask``: a joint (detection + segmentation) model on
+        the PyTorch runner. Exported files and the onnxruntime backend hold the detection outputs only."""
+        return bool(getattr(self.config, "seg_head", None)) and self.model is not None
+
+    @property
+    def seg_class_names(self) -> list[str]:
+        """Segmentation classes of a joint model (index = mask value, background first); else empty."""
+        return list(getattr(self.model, "seg_class_names", None) or []) if self.segments else []
+
+    def with_settings(self, **changes: Any) -> Detector:
+        """A copy with other post-processing settings (``score_threshold``, ``iou_threshold``, ``max_det``,
+        ``soft_nms``, ``topk``: :class:`PostprocessConfig` fields) that shares this one's runner.
+
+        Shallow: the network, its weights and its memory are not copied, so a copy per option set is cheap
+        (the service keeps one per distinct request options). A file with NMS inside accepts only settings
+        within its exported ones (ConfigError otherwise), as the constructor does.
+        """
+        clone = copy.copy(self)
+        clone.settings = self.settings.updated(**changes)
+        clone._postprocessor = None  # built from the new settings on first use
+        exported: PostprocessConfig | None = getattr(self.runner, "exported", None)
+        if exported is not None:
+            _check_within(self.runner, exported, clone.settings)
+        return clone
 
     @property
     def category_ids(self) -> list[int]:

@@ -19,6 +19,7 @@ from ..errors import WeightsError
 from ..images import is_single_image, to_pil
 from ..masks import canvas_labels_to_original
 from ..preprocess import preprocess_images
+from ..variants import ModelConfig
 from .onnxrt import make_session, run_in_fixed_batches
 
 
@@ -26,7 +27,8 @@ class OnnxSegmenter:
     """``OnnxSegmenter("seg.onnx")(images) -> [(H, W) uint8 mask, ...]`` at the original sizes.
 
     Attributes from the file's metadata: ``image_size``, ``mean``, ``std``, ``class_names``
-    (segmentation classes, background first).
+    (segmentation classes, background first), ``config`` (the model's
+    :class:`~efficientdet.variants.ModelConfig`).
     """
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
@@ -43,6 +45,7 @@ class OnnxSegmenter:
         self.mean = tuple(json.loads(meta["mean"]))
         self.std = tuple(json.loads(meta["std"]))
         self.class_names: list[str] = json.loads(meta.get("seg_class_names", "[]"))
+        self.config = ModelConfig.from_dict(json.loads(meta["config"]))
 
     def __call__(self, images: Any, batch_size: int = 8) -> list[np.ndarray]:
         items = [images] if is_single_image(images) else list(images)

@@ -56,7 +56,7 @@ class Segmenter:
         image_size: network input side (default: the model's).
 
     ``segmenter(images)`` takes paths, PIL images, HWC uint8 arrays or CHW tensors and returns a list
-    of (H, W) uint8 masks at the images' original sizes.
+    of (H, W) uint8 masks at the images' original sizes (``batch_size=n`` overrides the images per pass).
     """
 
     def __init__(self, model: Any = "efficientdet_d0_seg", weights: str | Path | None = None,
@@ -73,15 +73,21 @@ class Segmenter:
         self.image_size = int(image_size or model.config.image_size)
         self.class_names = list(getattr(model, "seg_class_names", None) or [])
 
+    @property
+    def config(self) -> Any:
+        """The model's :class:`~efficientdet.variants.ModelConfig`."""
+        return self.model.config
+
     @torch.no_grad()
-    def __call__(self, images: Iterable[Any]) -> list[np.ndarray]:
+    def __call__(self, images: Iterable[Any], batch_size: int | None = None) -> list[np.ndarray]:
         from ..images import is_single_image, to_pil
 
         pils = [to_pil(im) for im in ([images] if is_single_image(images) else images)]
         out: list[np.ndarray] = []
         cfg = self.model.config
-        for start in range(0, len(pils), self.batch_size):
-            chunk = pils[start : start + self.batch_size]
+        step = int(batch_size or self.batch_size)
+        for start in range(0, len(pils), step):
+            chunk = pils[start : start + step]
             batch, scales = preprocess_batch(chunk, self.image_size, cfg.mean, cfg.std, channels_last=False)
             logits = seg_logits(self.model(batch.to(self.device)))
             out += logits_to_masks(logits, [im.size for im in chunk], scales)

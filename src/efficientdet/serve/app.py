@@ -1,14 +1,17 @@
-"""The HTTP detection service: a FastAPI app around one detector.
+"""The HTTP detection and segmentation service: a FastAPI app around one detector or segmenter.
 
 Endpoints (see the README's "Serve" section for ``curl`` examples; ``/docs`` has the OpenAPI page):
 
 * ``POST /v1/detect``: an image (multipart field ``file`` or the raw body) -> ``{"detections": [...],
   "image": {"width", "height"}, "time_ms"}``, each detection the record ``predict --json`` writes
   (``bbox`` xywh in original pixels, ``score``, ``category_id``, ``category_name``); query options
-  ``score_threshold``, ``iou``, ``max_det``.
-* ``POST /v1/segment``: the same plus a PNG mask per detection, for models with a segmentation head
-  (others answer 404 with a JSON error).
-* ``GET /v1/model``, ``GET /healthz`` (alive), ``GET /readyz`` (model loaded and warmed up),
+  ``score_threshold``, ``iou``, ``max_det``. A segmentation-only model answers 404 (use ``/v1/segment``).
+* ``POST /v1/segment``: semantic segmentation -> ``{"mask": base64 PNG, "classes": [{"id", "name",
+  "pixels"}, ...], "image", "time_ms"}``; the PNG is the palette PNG of class indices at the original size
+  that ``predict --masks`` writes, ``classes`` the classes present with their pixel counts. A joint model
+  answers its ``detections`` too (same query options as ``/v1/detect``); a detector answers 404.
+* ``GET /v1/model`` (``task``: ``detect``, ``segment`` or ``detect,segment``; classes), ``GET /healthz``
+  (alive), ``GET /readyz`` (model loaded and warmed up),
   ``GET /metrics`` (Prometheus), ``GET /`` (the browser page, served from the package: no CDN).
 
 Every error is JSON ``{"error": "one line"}`` with the right status; no traceback reaches a client.
@@ -19,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
-import io
 import logging
 import os
 import sys
@@ -101,9 +103,10 @@ def create_app(detector: Any | None = None, settings: ServeSettings | None = Non
     """The service for ``detector`` (already loaded) or ``detector_factory`` (loaded in the background).
 
     ``detector`` is a callable ``detector(list_of_PIL_images, batch_size=n) -> list[Detections]`` built with
-    permissive settings (see :func:`efficientdet.serve.engine.build_detector`). With a factory the server
-    answers ``/healthz`` at once and ``/readyz`` (and detection) only after the model is loaded and warmed
-    up, which is what makes rolling restarts safe.
+    permissive settings, or a segmenter (``-> list[(H, W) uint8 mask]``; see
+    :func:`efficientdet.serve.engine.build_detector`, which builds either from a weights file). With a factory
+    the server answers ``/healthz`` at once and ``/readyz`` (and detection) only after the model is loaded and
+    warmed up, which is what makes rolling restarts safe.
     """
     if (detector is None) == (detector_factory is None):
         raise ValueError("pass exactly one of detector and detector_factory")
@@ -147,7 +150,7 @@ def create_app(detector: Any | None = None, settings: ServeSettings | None = Non
             await batcher.stop()
 
     app = FastAPI(title="efficientdet serve", version=__import__("efficientdet").__version__, lifespan=lifespan,
-                  description="EfficientDet object detection over HTTP.")
+                  description="EfficientDet object detection and semantic segmentation over HTTP.")
     app.state.serve = state
 
     # -- errors: JSON, one line, never a traceback ---------------------------------------------------
@@ -194,57 +197,74 @@ def create_app(detector: Any | None = None, settings: ServeSettings | None = Non
         "image/*": {"schema": {"type": "string", "format": "binary"}},
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 
-    async def run_detection(request: Request, score_threshold: float | None, iou: float | None,
-                            max_det: int | None, masks: bool) -> Response:
+    async def run_model(request: Request, score_threshold: float | None, iou: float | None,
+                        max_det: int | None, segment: bool) -> Response:
         t0 = time.perf_counter()
         engine, batcher = state.engine, state.batcher
         if not state.ready or engine is None or batcher is None:
             return _error(503, f"model not ready ({state.status}); retry shortly", headers={"Retry-After": "1"},
                           **({"reason": state.load_error} if state.load_error else {}))
-        if masks and not engine.segmentation:
-            return _error(404, "this model has no segmentation head; /v1/segment needs a segmentation or joint "
-                               "model (see 'segmentation' in /v1/model), use /v1/detect for boxes")
-        try:
-            default_score = max(settings.score_threshold, engine.score_floor)  # an --nms export may need more
-            options = engine.check(Options(
-                default_score if score_threshold is None else score_threshold, iou,
-                min(100, engine.max_det_limit) if max_det is None else max_det))
-        except EfficientDetError as exc:
-            return _error(422, f"invalid options: {exc}")
+        if segment and not engine.segments:
+            return _error(404, engine.why_no_masks())
+        if not segment and not engine.detects:
+            return _error(404, "this model only segments (task 'segment': a mask per image, no boxes); POST the "
+                               "image to /v1/segment")
+        options: Options | None = None
+        if engine.detects:
+            try:
+                default_score = max(settings.score_threshold, engine.score_floor)  # an --nms export may need more
+                options = engine.check(Options(
+                    default_score if score_threshold is None else score_threshold, iou,
+                    min(100, engine.max_det_limit) if max_det is None else max_det))
+            except EfficientDetError as exc:
+                return _error(422, f"invalid options: {exc}")
+        elif (score_threshold, iou, max_det) != (None, None, None):
+            return _error(422, "invalid options: score_threshold, iou and max_det filter detections; this model "
+                               "only segments, drop them")
         try:
             data, name = await _read_image_bytes(request, settings.max_upload_bytes)
             image = await asyncio.to_thread(decode_upload, data, settings.max_pixels, name)
         except UploadError as exc:
             return _error(exc.status, exc.message)
         try:
-            det = await batcher.submit(image, options)
+            result = await batcher.submit(image, options)
         except EfficientDetError as exc:
             return _error(400, f"{name}: {exc}")
         except Exception as exc:  # this image's own failure in the model; logged, the server goes on
-            log.error("detection failed for %s: %s: %s", name, type(exc).__name__, exc)
-            return _error(500, f"{name}: detection failed ({type(exc).__name__}); the server logged the details")
-        records = det.to_coco()
-        for rec in records:
-            rec.pop("file_name", None)
-        if masks:
-            for rec, mask in zip(records, det.masks):
-                rec["mask"] = encode_mask(mask)
-        return JSONResponse({"detections": records, "image": {"width": image.width, "height": image.height},
-                             "time_ms": round((time.perf_counter() - t0) * 1e3, 2)})
+            what = "segmentation" if segment else "detection"
+            log.error("%s failed for %s: %s: %s", what, name, type(exc).__name__, exc)
+            return _error(500, f"{name}: {what} failed ({type(exc).__name__}); the server logged the details")
+        body: dict[str, Any] = {}
+        mask = result
+        if engine.detects:
+            records = result.to_coco()
+            for rec in records:
+                rec.pop("file_name", None)
+            body["detections"] = records
+            mask = result.mask
+        if segment:
+            body.update(await asyncio.to_thread(mask_record, mask, engine.seg_class_names))
+        body["image"] = {"width": image.width, "height": image.height}
+        body["time_ms"] = round((time.perf_counter() - t0) * 1e3, 2)
+        return JSONResponse(body)
 
     @app.post("/v1/detect", openapi_extra=body_doc, summary="Detect objects in one image")
     async def detect(request: Request,
                      score_threshold: float | None = Query(None, ge=0.0, le=1.0, description="minimum score"),
                      iou: float | None = Query(None, ge=0.0, le=1.0, description="NMS IoU threshold"),
                      max_det: int | None = Query(None, ge=1, description="detections per image at most")):
-        return await run_detection(request, score_threshold, iou, max_det, masks=False)
+        return await run_model(request, score_threshold, iou, max_det, segment=False)
 
-    @app.post("/v1/segment", openapi_extra=body_doc, summary="Detect objects with instance masks (PNG, base64)")
+    @app.post("/v1/segment", openapi_extra=body_doc,
+              summary="Segment one image: a palette PNG of class indices (base64) and pixels per class",
+              description="Segmentation-only models: `mask`, `classes`, `image`, `time_ms`. Joint models also "
+                          "answer `detections` (the query options filter them, as on /v1/detect).")
     async def segment(request: Request,
-                      score_threshold: float | None = Query(None, ge=0.0, le=1.0),
-                      iou: float | None = Query(None, ge=0.0, le=1.0),
-                      max_det: int | None = Query(None, ge=1)):
-        return await run_detection(request, score_threshold, iou, max_det, masks=True)
+                      score_threshold: float | None = Query(None, ge=0.0, le=1.0,
+                                                            description="joint models: minimum detection score"),
+                      iou: float | None = Query(None, ge=0.0, le=1.0, description="joint models: NMS IoU threshold"),
+                      max_det: int | None = Query(None, ge=1, description="joint models: detections at most")):
+        return await run_model(request, score_threshold, iou, max_det, segment=True)
 
     @app.get("/v1/model", summary="The served model: variant, input size, classes, backend, weights")
     async def model_info():
@@ -287,9 +307,9 @@ class _EngineProxy:
     def __init__(self, state: _State) -> None:
         self.state = state
 
-    def detect(self, images, options):  # noqa: ANN001 - same signature as Engine.detect
+    def run(self, images, options):  # noqa: ANN001 - same signature as Engine.run
         assert self.state.engine is not None
-        return self.state.engine.detect(images, options)
+        return self.state.engine.run(images, options)
 
 
 def _key_ok(request: Request, key: str) -> bool:
@@ -366,13 +386,18 @@ def _replay(body: bytes):
 
 
 def encode_mask(mask: Any) -> str:
-    """One instance mask ((H, W) bool or 0/1 array in original pixels) -> base64 of an 8-bit PNG (0 / 255)."""
-    import numpy as np
-    from PIL import Image
+    """An (H, W) uint8 class-index mask (original pixels) -> base64 of its palette PNG: the bytes
+    ``predict --masks`` writes (:func:`efficientdet.masks.palette_png`)."""
+    from ..masks import palette_png
 
-    buf = io.BytesIO()
-    Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255, "L").save(buf, format="PNG", optimize=True)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return base64.b64encode(palette_png(mask)).decode("ascii")
+
+
+def mask_record(mask: Any, class_names: list[str]) -> dict[str, Any]:
+    """``{"mask": base64 palette PNG, "classes": [{"id", "name", "pixels"}, ...]}`` (classes present, by id)."""
+    from ..masks import class_pixels
+
+    return {"mask": encode_mask(mask), "classes": class_pixels(mask, class_names)}
 
 
 # -- app factory for ``uvicorn --workers N`` ------------------------------------------------------------------

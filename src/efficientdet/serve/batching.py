@@ -26,13 +26,13 @@ from .metrics import Metrics
 @dataclass
 class _Item:
     image: Image.Image
-    options: Options
+    options: Options | None  # None: a segmentation-only model (no detection options)
     future: asyncio.Future
     arrived: float = field(default_factory=time.monotonic)
 
 
 class Batcher:
-    """Gathers concurrent detection requests into batches of at most ``max_batch`` images."""
+    """Gathers concurrent requests (detection or segmentation) into batches of at most ``max_batch`` images."""
 
     def __init__(self, engine: Engine, max_batch: int, max_wait_ms: float, metrics: Metrics | None = None) -> None:
         self.engine = engine
@@ -61,8 +61,9 @@ class Batcher:
         """The inference thread (also used for loading and warming up the model)."""
         return self._executor
 
-    async def submit(self, image: Image.Image, options: Options) -> Any:
-        """Queue one image; returns its :class:`Detections` or raises the exception the image caused."""
+    async def submit(self, image: Image.Image, options: Options | None) -> Any:
+        """Queue one image; returns what :meth:`Engine.run` gives for it (:class:`Detections`, or a mask for a
+        segmentation-only model) or raises the exception the image caused."""
         if self._queue is None:
             raise RuntimeError("the batcher is not running")
         future = asyncio.get_running_loop().create_future()
@@ -100,8 +101,8 @@ class Batcher:
             t0 = time.perf_counter()
             try:
                 results = await loop.run_in_executor(
-                    self._executor, self.engine.detect, [i.image for i in batch], [i.options for i in batch])
-            except Exception as exc:  # pragma: no cover - Engine.detect returns per-image exceptions
+                    self._executor, self.engine.run, [i.image for i in batch], [i.options for i in batch])
+            except Exception as exc:  # pragma: no cover - Engine.run returns per-image exceptions
                 results = [exc] * len(batch)
             if self.metrics is not None:
                 self.metrics.inference.observe(time.perf_counter() - t0)

@@ -1,4 +1,11 @@
-"""The model behind the service: one loaded detector, per-request options, batched calls.
+"""The model behind the service: one loaded detector or segmenter, per-request options, batched calls.
+
+The engine serves one of three kinds of model (:mod:`efficientdet.inference.tasks`): a detector
+(``task == "detect"``: boxes), a segmentation-only model (``"segment"``: a
+:class:`~efficientdet.inference.segmenter.Segmenter` or an exported
+:class:`~efficientdet.inference.seg_onnxrt.OnnxSegmenter`; one (H, W) uint8 class-index mask per image)
+or a joint model (``"detect,segment"``: a :class:`~efficientdet.inference.detector.Detector` whose
+:class:`Detections` carry ``.mask``). :meth:`Engine.run` is the batcher's single entry point for all three.
 
 A detector's post-processing settings are fixed when it is built, but every request may ask for its own
 ``score_threshold``, ``iou`` and ``max_det``. The engine therefore builds (or is given) its detector with
@@ -20,7 +27,6 @@ serve only their exported IoU (and at least their exported score threshold, at m
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import threading
 from collections.abc import Callable, Sequence
@@ -32,6 +38,7 @@ from PIL import Image
 
 from ..detections import Detections
 from ..errors import ConfigError
+from ..inference.tasks import DETECT, JOINT, SEGMENT
 
 #: lowest per-request score threshold a torch-backed server accepts (the official evaluation threshold)
 DEFAULT_SCORE_FLOOR = 0.001
@@ -47,15 +54,20 @@ class Options:
 
 
 class Engine:
-    """Runs a detector on batches of decoded images, each with its own :class:`Options`.
+    """Runs a detector or a segmenter on batches of decoded images, each with its own :class:`Options`.
 
     Args:
         detector: an :class:`efficientdet.Detector` (any runner; :class:`efficientdet.deploy.OnnxModel` is one)
             built with permissive settings (:func:`build_detector`): called as
-            ``detector(list_of_PIL_images, batch_size=n) -> list[Detections]``.
+            ``detector(list_of_PIL_images, batch_size=n) -> list[Detections]``; or a segmenter
+            (``segmenter(list_of_PIL_images, batch_size=n) -> list[(H, W) uint8 mask]``, with ``class_names``).
         weights: what to report as the weights file in ``/v1/model``.
         backend: ``torch`` or ``onnxruntime`` (reported in ``/v1/model``).
         on_batch: called with the number of images of every forward pass (for metrics).
+
+    Attributes:
+        task: ``"detect"``, ``"segment"`` or ``"detect,segment"`` (what the model answers).
+        seg_class_names: the segmentation classes (mask value = index, background first); empty for detectors.
     """
 
     def __init__(self, detector: Any, weights: str | None = None, backend: str | None = None,
@@ -64,15 +76,39 @@ class Engine:
         self.weights = weights
         self.backend = backend or ("onnxruntime" if _is_onnx(detector) else "torch")
         self.on_batch = on_batch
-        settings = _settings(detector)
+        self.task = served_task(detector)
+        if self.task == SEGMENT:
+            self.seg_class_names: list[str] = list(detector.class_names)
+            settings = dict(score_threshold=1.0, max_det=0, iou_threshold=0.5, iou_fixed=True)  # no detections
+        else:
+            self.seg_class_names = list(getattr(detector, "seg_class_names", None) or []) if self.segments else []
+            settings = _settings(detector)
         self.score_floor: float = settings["score_threshold"]
         self.max_det_limit: int = settings["max_det"]
         self.default_iou: float = settings["iou_threshold"]
         self.iou_fixed: bool = settings["iou_fixed"]
-        #: whether the detector's results carry per-detection ``masks`` ((n, H, W) bool, original pixels)
-        self.segmentation = bool(getattr(detector, "segmentation", False))
         self._variants: dict[tuple[float, float, int], Any] = {}
         self._lock = threading.Lock()
+
+    @property
+    def detects(self) -> bool:
+        """Whether the model gives boxes (``/v1/detect``)."""
+        return self.task in (DETECT, JOINT)
+
+    @property
+    def segments(self) -> bool:
+        """Whether the model gives a semantic mask per image (``/v1/segment``)."""
+        return self.task in (SEGMENT, JOINT)
+
+    def why_no_masks(self) -> str:
+        """The one-line reason (with the fix) why this model cannot answer ``/v1/segment``."""
+        if getattr(getattr(self.detector, "config", None), "seg_head", None):
+            return ("this server runs the joint model's detection outputs only (exported files and the "
+                    "onnxruntime backend hold no segmentation head); serve the checkpoint with --backend torch "
+                    "for masks on /v1/segment, or use /v1/detect for boxes")
+        return ("this model has no segmentation head; /v1/segment needs a segmentation checkpoint (a *_seg model, "
+                "'efficientdet train --task segment'), a joint one ('--task detect,segment') or an exported "
+                "segmentation .onnx; use /v1/detect for boxes")
 
     # -- options --------------------------------------------------------------------------------
     def check(self, options: Options) -> Options:
@@ -92,7 +128,8 @@ class Engine:
         return dataclasses.replace(options, iou=iou)
 
     def _variant(self, iou: float, score_threshold: float, max_det: int) -> Any:
-        """The detector with these post-processing settings (a shallow copy sharing the network), kept."""
+        """The detector with these post-processing settings (``Detector.with_settings``: a shallow copy sharing
+        the network), kept."""
         if self.iou_fixed:  # the post-processing is inside the model: filter its output only
             return self.detector
         key = (iou, score_threshold, max_det)
@@ -101,10 +138,33 @@ class Engine:
             if found is None:
                 if len(self._variants) >= 32:  # a bounded cache: drop the oldest copy
                     del self._variants[next(iter(self._variants))]
-                found = self._variants[key] = _with_settings(self.detector, iou, score_threshold, max_det)
+                found = self._variants[key] = self.detector.with_settings(
+                    iou_threshold=iou, score_threshold=score_threshold, max_det=max_det)
             return found
 
     # -- running --------------------------------------------------------------------------------
+    def run(self, images: Sequence[Image.Image], options: Sequence[Options | None]
+            ) -> list[Detections | np.ndarray | Exception]:
+        """What the batcher calls: per image, its :class:`Detections` (joint models: with ``.mask``), its
+        (H, W) uint8 mask (segmentation-only models; ``options`` are ignored) or the exception it raised."""
+        if self.task == SEGMENT:
+            return self.segment(images)
+        return self.detect(images, [o if o is not None else self.check(Options()) for o in options])
+
+    def segment(self, images: Sequence[Image.Image]) -> list[np.ndarray | Exception]:
+        """A segmentation-only model's (H, W) uint8 class-index mask of each image (original size), in one
+        forward pass; if it fails, each image runs alone so that one bad image fails only its own request."""
+        try:
+            return list(self._call(self.detector, list(images)))
+        except Exception:
+            outs: list[np.ndarray | Exception] = []
+            for image in images:
+                try:
+                    outs.extend(self._call(self.detector, [image]))
+                except Exception as exc:  # this image's own failure
+                    outs.append(exc)
+            return outs
+
     def detect(self, images: Sequence[Image.Image], options: Sequence[Options]) -> list[Detections | Exception]:
         """Detections for each image under its own (checked) options, or the exception that image raised.
 
@@ -130,7 +190,7 @@ class Engine:
                 results[i] = out if isinstance(out, Exception) else filter_detections(out, options[i])
         return results
 
-    def _call(self, detector: Any, images: list[Image.Image]) -> list[Detections]:
+    def _call(self, detector: Any, images: list[Image.Image]) -> list[Any]:
         out = detector(images, batch_size=len(images))
         if self.on_batch is not None:
             self.on_batch(len(images))
@@ -142,38 +202,60 @@ class Engine:
 
     # -- description ----------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
-        """What ``GET /v1/model`` answers: variant, input size, classes with ids, backend, weights, limits."""
+        """What ``GET /v1/model`` answers: variant, task, input size, classes with ids, backend, weights, limits.
+
+        ``classes`` are the detection classes (category ids) of a detector or joint model and the segmentation
+        classes (id = mask value) of a segmentation-only one; ``seg_classes`` are the segmentation classes of
+        any model that segments (else empty); ``options`` is null for a segmentation-only model.
+        """
         d = self.detector
-        labels = d.labels
+        seg_classes = [{"id": i, "name": str(n)} for i, n in enumerate(self.seg_class_names)]
+        if self.task == SEGMENT:
+            classes, num_classes, options = seg_classes, len(seg_classes), None
+        else:
+            labels = d.labels
+            classes = [{"id": int(c), "name": str(n)} for c, n, ignored in
+                       zip(labels.category_ids, labels.display_names, labels.ignored) if not ignored]
+            num_classes = len(labels)
+            options = {"score_threshold_min": self.score_floor, "max_det_max": self.max_det_limit,
+                       "iou_default": self.default_iou, "iou_fixed": self.iou_fixed}
         return {
             "model": d.config.name,
+            "task": self.task,
             "input_size": int(d.image_size),
-            "classes": [{"id": int(c), "name": str(n)} for c, n, ignored in
-                        zip(labels.category_ids, labels.display_names, labels.ignored) if not ignored],
-            "num_classes": len(labels),
+            "classes": classes,
+            "num_classes": num_classes,
+            "seg_classes": seg_classes,
             "backend": self.backend,
             "weights": self.weights,
-            "segmentation": self.segmentation,
-            "options": {"score_threshold_min": self.score_floor, "max_det_max": self.max_det_limit,
-                        "iou_default": self.default_iou, "iou_fixed": self.iou_fixed},
+            "segmentation": self.segments,
+            "options": options,
         }
 
 
 def filter_detections(det: Detections, options: Options) -> Detections:
-    """Keep the detections with ``score >= score_threshold``, at most ``max_det`` (scores are sorted)."""
+    """Keep the detections with ``score >= score_threshold``, at most ``max_det`` (scores are sorted); a joint
+    model's ``mask`` (one per image) stays as it is."""
     keep = np.flatnonzero(det.scores >= options.score_threshold)[: options.max_det]
-    extra = {name: getattr(det, name)[keep] for name in ("masks",) if getattr(det, name, None) is not None}
-    out = dataclasses.replace(
+    return dataclasses.replace(
         det, boxes=det.boxes[keep], scores=det.scores[keep], labels=det.labels[keep],
-        names=[det.names[i] for i in keep], category_ids=det.category_ids[keep])
-    for name, value in extra.items():  # a segmentation model's per-detection masks follow their boxes
-        setattr(out, name, value)
-    return out
+        names=[det.names[i] for i in keep], category_ids=det.category_ids[keep],
+        track_ids=None if det.track_ids is None else det.track_ids[keep])
+
+
+def served_task(model: Any) -> str:
+    """``"segment"`` for a segmenter (no post-processing settings), ``"detect,segment"`` for a detector whose
+    results carry masks (``Detector.segments``), else ``"detect"``."""
+    if not hasattr(model, "settings"):
+        return SEGMENT
+    return JOINT if getattr(model, "segments", False) else DETECT
 
 
 def _is_onnx(detector: Any) -> bool:
     from ..inference.onnxrt import OnnxRunner
 
+    if not hasattr(detector, "settings"):  # a segmenter: OnnxSegmenter holds an onnxruntime session
+        return hasattr(detector, "session")
     return isinstance(getattr(detector, "runner", None), OnnxRunner)
 
 
@@ -186,18 +268,12 @@ def _settings(detector: Any) -> dict[str, Any]:
                 iou_threshold=settings.iou_threshold, iou_fixed=fixed)
 
 
-def _with_settings(detector: Any, iou: float, score_threshold: float, max_det: int) -> Any:
-    """A shallow copy of ``detector`` whose post-processing uses these settings (same runner: network, weights)."""
-    clone = copy.copy(detector)
-    clone.settings = detector.settings.updated(iou_threshold=iou, score_threshold=score_threshold, max_det=max_det)
-    clone._postprocessor = None  # built from the settings on first use
-    return clone
-
-
 def build_detector(weights: str, model: str | None = None, backend: str | None = None, device: str = "cpu",
                    score_floor: float = DEFAULT_SCORE_FLOOR, max_det: int = 100,
                    image_size: int | None = None, precision: str = "auto", calibration: str | None = None) -> Any:
-    """The permissive detector a server runs: score threshold ``score_floor``, ``max_det``, IoU 0.5.
+    """The model a server runs for ``weights``: a permissive detector (score threshold ``score_floor``,
+    ``max_det``, IoU 0.5), or for a segmentation-only checkpoint or export its segmenter
+    (:func:`efficientdet.inference.tasks.load_segmenter`; no detection settings apply).
 
     ``precision``/``calibration``: as :class:`~efficientdet.inference.detector.Detector`'s (``int8`` runs in
     onnxruntime, so it selects that backend when none is given).
@@ -205,12 +281,23 @@ def build_detector(weights: str, model: str | None = None, backend: str | None =
     ``backend`` ``None`` or ``auto`` means torch here: the PyTorch runner keeps the NMS outside the network,
     so requests can ask for their own IoU, and runs batches of any size. ``onnxruntime`` exports the model
     with the NMS inside (fixed IoU). An ``.onnx`` file is served as it is; an ``--nms`` file with its own
-    exported thresholds as the floor.
+    exported thresholds as the floor. A joint (detection + segmentation) checkpoint runs in PyTorch unless
+    ``backend`` says otherwise (the segmentation output comes from the PyTorch runner only).
     """
     from ..deploy import OnnxModel
     from ..inference.detector import Detector
     from ..inference.onnxrt import is_onnx_file
+    from ..inference.tasks import load_segmenter, weights_task
 
+    if weights_task(weights) == SEGMENT:
+        if backend == "torch" and is_onnx_file(weights):
+            raise ConfigError(f"{weights}: an exported ONNX file runs in onnxruntime; drop --backend torch")
+        if backend == "onnxruntime" and not is_onnx_file(weights):
+            raise ConfigError(f"{weights}: a segmentation checkpoint runs in PyTorch here; drop --backend "
+                              "onnxruntime, or export it ('efficientdet export') and serve the .onnx file")
+        if precision not in ("auto", "fp32") or calibration is not None:
+            raise ConfigError(f"{weights}: segmentation models run in float32; drop --precision/--calibration")
+        return load_segmenter(weights, model=model, device=device, image_size=image_size)
     if is_onnx_file(weights):
         if backend == "torch" or device != "cpu" or image_size is not None:
             raise ConfigError(f"{weights}: an exported ONNX file runs in onnxruntime on the CPU at its exported "

@@ -1,0 +1,78 @@
+"""What a weights file does, and the segmenter that runs a segmentation-only one.
+
+A checkpoint or export is one of three kinds: a detector (``"detect"``: boxes, run by
+:class:`~efficientdet.inference.detector.Detector`), a segmentation-only model (``"segment"``: a
+``*_seg`` checkpoint whose config has ``detect: False``, or an ``.onnx`` exported with
+``--task segment``; one (H, W) uint8 class-index mask per image, run by
+:class:`~efficientdet.inference.segmenter.Segmenter` or the torch-free
+:class:`~efficientdet.inference.seg_onnxrt.OnnxSegmenter`) or a joint model (``"detect,segment"``:
+detection and segmentation heads on one BiFPN; the Detector's results carry ``.mask``). ``predict`` and
+``serve`` both decide with :func:`weights_task` and load with :func:`load_segmenter`.
+
+Importing this module does not import PyTorch (an ``.onnx`` file is told apart from its metadata).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+DETECT, SEGMENT, JOINT = "detect", "segment", "detect,segment"
+
+
+def weights_task(weights: str | Path | None) -> str:
+    """``"segment"``, ``"detect,segment"`` or ``"detect"`` for a checkpoint or an exported ``.onnx`` file
+    (``None``, a published name or an ordinary checkpoint: ``"detect"``)."""
+    if not weights:
+        return DETECT
+    from .onnxrt import is_onnx_file
+
+    if is_onnx_file(weights):
+        return SEGMENT if _onnx_outputs(weights) == "seg" else DETECT
+    from ..weights import load_checkpoint
+
+    config = load_checkpoint(weights).config or {}
+    if not config.get("seg_head"):
+        return DETECT
+    return JOINT if config.get("detect", True) else SEGMENT
+
+
+def load_segmenter(weights: str | Path, model: str | None = None, device: str = "cpu",
+                   image_size: int | None = None, batch_size: int = 8, threads: int | None = None) -> Any:
+    """The segmenter of a segmentation-only ``weights`` file: an exported ``.onnx`` runs in onnxruntime
+    (:class:`~.seg_onnxrt.OnnxSegmenter`, torch-free), a checkpoint in PyTorch
+    (:class:`~.segmenter.Segmenter` on ``create_model(model, weights=..., image_size=...)``).
+
+    Both are called as ``segmenter(images, batch_size=n) -> [(H, W) uint8 mask, ...]`` at the original sizes
+    and have ``class_names`` (segmentation classes, background first), ``image_size`` and ``config``.
+    """
+    from ..errors import ConfigError
+    from .onnxrt import is_onnx_file
+
+    if is_onnx_file(weights):
+        if str(device) != "cpu" or image_size is not None:
+            raise ConfigError(f"{weights}: an exported ONNX file runs in onnxruntime on the CPU at its exported "
+                              "size; drop --device and --image-size")
+        from .seg_onnxrt import OnnxSegmenter
+
+        return OnnxSegmenter(weights, threads=threads)
+    from ..factory import create_model
+    from .segmenter import Segmenter
+
+    return Segmenter(create_model(model, weights=weights, image_size=image_size), device=device,
+                     batch_size=batch_size)
+
+
+def _onnx_outputs(path: str | Path) -> str | None:
+    """The ``outputs`` metadata entry of an exported file (``seg``, ``nms``, ``raw``), read with ``onnx``."""
+    import onnx
+
+    from ..errors import WeightsError
+
+    if not Path(path).is_file():
+        raise WeightsError(f"{path}: no such file; export one with 'efficientdet export'")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises its own (protobuf) errors
+        raise WeightsError(f"{path}: not a loadable ONNX model ({type(exc).__name__})") from None
+    return {p.key: p.value for p in proto.metadata_props}.get("outputs")
