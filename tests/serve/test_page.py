@@ -70,3 +70,69 @@ def test_page_draws_as_many_boxes_as_the_api_returns(serve, photo_files, tmp_pat
         finally:
             browser.close()
     assert (tmp_path / "page.png").stat().st_size > 10_000
+
+
+def voc_colour(i: int) -> tuple[int, int, int]:
+    """The mask PNG's palette colour of class ``i`` (efficientdet.masks.voc_palette)."""
+    from efficientdet.masks import voc_palette
+
+    return tuple(voc_palette()[3 * i : 3 * i + 3])
+
+
+def test_page_overlays_the_mask_of_a_segmentation_model(seg_weights, session_photo_files, tmp_path):
+    import io
+
+    from PIL import Image
+
+    from efficientdet.serve import ServeSettings, build_detector, create_app
+
+    from .conftest import thread_server
+
+    image = session_photo_files[0]  # 320 x 200
+    app = create_app(build_detector(str(seg_weights)), ServeSettings())
+    with thread_server(app) as url, sync_playwright() as pw:
+        api = httpx.post(f"{url}/v1/segment", content=image.read_bytes()).json()
+        mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(api["mask"]))))
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"{url}/")
+            page.wait_for_function("document.body.dataset.task === 'segment'")
+            assert page.locator("#show-mask").is_visible() and page.locator("#show-mask").is_checked()
+            assert not page.locator("#score").is_visible() and not page.locator("#table").is_visible()
+            page.set_input_files("#file", str(image))
+            page.wait_for_selector("body[data-state=done]", timeout=60_000)
+            assert page.locator("#canvas").get_attribute("data-mask") == "on"
+            rows = page.locator("#classes tbody tr")
+            assert rows.count() == len(api["classes"]) >= 2
+            assert [rows.nth(i).locator("td").nth(1).inner_text() for i in range(rows.count())] == \
+                [c["name"] for c in api["classes"]]
+            page.screenshot(path=str(tmp_path / "mask_on.png"), full_page=True)
+            scale = float(page.locator("#canvas").get_attribute("data-scale"))
+            # a pixel inside a region of one foreground class, and one inside the background
+            points = {}
+            for want in (1, 0):
+                ys, xs = np.nonzero((mask[1:-1, 1:-1] == want) & (mask[:-2, 1:-1] == want) & (mask[2:, 1:-1] == want)
+                                    & (mask[1:-1, :-2] == want) & (mask[1:-1, 2:] == want))
+                assert len(xs), f"no inner pixel of class {want}"
+                points[want] = (int(xs[len(xs) // 2]) + 1, int(ys[len(ys) // 2]) + 1)
+
+            def rgb(x: int, y: int) -> np.ndarray:
+                px, py = int((x + 0.5) * scale), int((y + 0.5) * scale)
+                return np.array(page.evaluate(
+                    f"Array.from(canvas.getContext('2d').getImageData({px}, {py}, 1, 1).data)")[:3], float)
+
+            with_mask = {k: rgb(*xy) for k, xy in points.items()}
+            page.locator("#show-mask").uncheck()  # the toggle redraws the image alone
+            assert page.locator("#canvas").get_attribute("data-mask") == "off"
+            plain = {k: rgb(*xy) for k, xy in points.items()}
+            page.screenshot(path=str(tmp_path / "mask_off.png"), full_page=True)
+            assert not errors, errors
+        finally:
+            browser.close()
+    # the class colour blended at half opacity over the image; the background untouched
+    np.testing.assert_allclose(with_mask[1], 0.5 * plain[1] + 0.5 * np.array(voc_colour(1)), atol=3)
+    assert np.abs(with_mask[0] - plain[0]).max() <= 1
+    assert np.abs(with_mask[1] - plain[1]).max() > 20
