@@ -183,3 +183,22 @@ def test_serve_command_with_a_segmentation_checkpoint(seg_weights, photo_files):
     finally:
         proc.terminate()
         assert proc.wait(30) == 0
+
+
+def test_joint_model_in_onnxruntime_serves_boxes_and_says_how_to_get_masks(joint_weights, photo_files, tmp_path,
+                                                                          monkeypatch):
+    monkeypatch.setenv("EFFICIENTDET_CACHE", str(tmp_path / "cache"))  # the backend's export goes here
+    with thread_server(create_app(build_detector(str(joint_weights), backend="onnxruntime"), ServeSettings())) as url:
+        info = httpx.get(f"{url}/v1/model").json()
+        assert (info["task"], info["backend"], info["seg_classes"]) == ("detect", "onnxruntime", [])
+        assert httpx.post(f"{url}/v1/detect", content=photo_files[0].read_bytes()).json()["detections"]
+        res = httpx.post(f"{url}/v1/segment", content=photo_files[0].read_bytes())
+    assert res.status_code == 404 and "--backend torch" in res.json()["error"]
+
+
+def test_serve_refuses_settings_a_segmentation_checkpoint_cannot_use(seg_weights, capsys):
+    assert main(["serve", "--weights", str(seg_weights), "--backend", "onnxruntime", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "efficientdet export" in err and "Traceback" not in err
+    assert main(["serve", "--weights", str(seg_weights), "--precision", "int8", "--port", "0"]) == 2
+    assert "float32" in capsys.readouterr().err
