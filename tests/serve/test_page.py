@@ -136,3 +136,34 @@ def test_page_overlays_the_mask_of_a_segmentation_model(seg_weights, session_pho
     np.testing.assert_allclose(with_mask[1], 0.5 * plain[1] + 0.5 * np.array(voc_colour(1)), atol=3)
     assert np.abs(with_mask[0] - plain[0]).max() <= 1
     assert np.abs(with_mask[1] - plain[1]).max() > 20
+
+
+def test_page_of_a_joint_model_draws_boxes_and_the_mask(joint_weights, session_photo_files, tmp_path):
+    from efficientdet.serve import ServeSettings, build_detector, create_app
+
+    from .conftest import thread_server
+
+    image = session_photo_files[1]
+    with thread_server(create_app(build_detector(str(joint_weights)), ServeSettings())) as url, \
+            sync_playwright() as pw:
+        api = httpx.post(f"{url}/v1/segment", content=image.read_bytes()).json()
+        assert api["detections"] and len(api["classes"]) >= 2
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"{url}/")
+            page.wait_for_function("document.body.dataset.task === 'detect,segment'")
+            assert page.locator("#score").is_visible() and page.locator("#show-mask").is_checked()
+            page.set_input_files("#file", str(image))
+            page.wait_for_selector("body[data-state=done]", timeout=60_000)
+            canvas = page.locator("#canvas")
+            assert canvas.get_attribute("data-mask") == "on"
+            shown = str(len(api["detections"]))  # the page's slider starts at the API's default threshold
+            assert canvas.get_attribute("data-boxes") == page.locator("#count").inner_text() == shown
+            assert page.locator("#classes tbody tr").count() == len(api["classes"])
+            page.screenshot(path=str(tmp_path / "joint.png"), full_page=True)
+            assert not errors, errors
+        finally:
+            browser.close()

@@ -202,3 +202,31 @@ def test_serve_refuses_settings_a_segmentation_checkpoint_cannot_use(seg_weights
     assert err.count("\n") == 1 and "efficientdet export" in err and "Traceback" not in err
     assert main(["serve", "--weights", str(seg_weights), "--precision", "int8", "--port", "0"]) == 2
     assert "float32" in capsys.readouterr().err
+
+
+class FailingSegmenter:
+    """A real segmenter that raises (as a broken model might) on any batch holding an image of ``width``."""
+
+    def __init__(self, segmenter, width: int) -> None:
+        self.segmenter, self.width, self.calls = segmenter, width, []
+        self.class_names = segmenter.class_names
+
+    def __call__(self, images, batch_size=8):
+        self.calls.append(len(images))
+        if any(im.width == self.width for im in images):
+            raise RuntimeError("simulated failure inside the network")
+        return self.segmenter(images, batch_size=batch_size)
+
+
+def test_an_image_that_fails_in_the_segmenter_fails_only_itself(seg_weights, photo_files):
+    from efficientdet.serve.engine import Engine
+
+    segmenter = FailingSegmenter(build_detector(str(seg_weights)), width=77)
+    engine = Engine(segmenter)
+    assert engine.task == "segment" and engine.seg_class_names == SEG_NAMES
+    good = [Image.open(p).convert("RGB") for p in photo_files[:2]]
+    out = engine.run([good[0], Image.new("RGB", (77, 40)), good[1]], [None] * 3)
+    assert segmenter.calls == [3, 1, 1, 1]  # the batch, then each image alone
+    assert isinstance(out[1], RuntimeError)
+    for image, mask in zip(good, (out[0], out[2])):
+        np.testing.assert_array_equal(mask, segmenter.segmenter([image])[0])
