@@ -14,6 +14,8 @@ Importing this module does not import PyTorch (an ``.onnx`` file is told apart f
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +31,38 @@ def weights_task(weights: str | Path | None) -> str:
 
     if is_onnx_file(weights):
         return SEGMENT if _onnx_outputs(weights) == "seg" else DETECT
+    path = Path(weights)
+    if not path.is_file():  # a published name: a COCO detector
+        return DETECT
+    memo = _memo_path(path)
+    try:
+        task = memo.read_text(encoding="utf-8").strip()
+        if task in (DETECT, SEGMENT, JOINT):
+            return task
+    except OSError:
+        pass
     from ..weights import load_checkpoint
 
     config = load_checkpoint(weights).config or {}
-    if not config.get("seg_head"):
-        return DETECT
-    return JOINT if config.get("detect", True) else SEGMENT
+    task = DETECT if not config.get("seg_head") else JOINT if config.get("detect", True) else SEGMENT
+    try:  # remembered, so that the next command on this file needs no PyTorch to decide
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(task, encoding="utf-8")
+        os.replace(tmp, memo)
+    except OSError:
+        pass
+    return task
+
+
+def _memo_path(path: Path) -> Path:
+    """Where :func:`weights_task` remembers a checkpoint's task: keyed by its absolute path, size and
+    modification time (a rewritten file gets a new entry), next to the onnxruntime exports."""
+    from .select import onnx_cache_dir
+
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:20]
+    return onnx_cache_dir().parent / "tasks" / f"{path.stem}-{key}.txt"
 
 
 def load_segmenter(weights: str | Path, model: str | None = None, device: str = "cpu",
