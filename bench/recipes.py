@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -326,7 +327,7 @@ def main() -> int:
     for kind in args.data:
         paths = dataset(kind, root, args.num_train, args.num_val)
         for method in args.method:
-            out = root / "runs" / f"{kind}-{method}-{args.model}-{int(time.time())}"
+            out = root / "runs" / f"{kind}-{method}-{args.model}-{args.tag or 'run'}-{int(time.time())}-{os.getpid()}"
             r = run_effdet(paths, args, out) if method == "effdet" else run_ours(paths, method, args, out)
             row = {"data": kind, "method": method, "model": args.model, "overrides": args.model_overrides,
                    "pretrained_backbone": args.pretrained_backbone, "image_size": args.image_size,

@@ -26,6 +26,20 @@ def test_auto_short_run_from_scratch():
     assert (r.scale_min, r.scale_max) == (0.6, 1.4)
     assert set(r.fields()) == set(RECIPE_FIELDS)
     assert r.describe().startswith("recipe auto: adamw lr 0.002")
+    assert r.backbone_drop_path == 0.0 and "backbone drop path 0" in r.describe()
+
+
+def test_auto_drop_path_only_in_short_runs_and_explicit_override_wins():
+    from efficientdet.train import TrainConfig
+
+    assert choose_recipe("auto", epochs=100, num_images=1000, batch_size=8, pretrained=False).backbone_drop_path is None
+    assert choose_recipe("official", epochs=10, num_images=800, batch_size=8, pretrained=False).backbone_drop_path is None
+    cfg = TrainConfig(train_images="x", train_annotations="y", epochs=10, batch_size=8)
+    resolved, _ = cfg.resolve(800)
+    assert resolved.model_overrides == {"backbone_drop_path": 0.0}
+    mine = cfg.replace(model_overrides={"backbone_drop_path": 0.1, "fpn_channels": 32})
+    assert mine.resolve(800)[0].model_overrides == {"backbone_drop_path": 0.1, "fpn_channels": 32}
+    assert cfg.replace(recipe="official").resolve(800)[0].model_overrides == {}
 
 
 def test_auto_pretrained_batch_scaling_and_jitter_by_epochs():

@@ -176,7 +176,9 @@ class TrainConfig:
         Returns the resolved config and the recipe (its values, before the explicit options).
         """
         recipe = choose_recipe(self.recipe, self.epochs, num_images, self.batch_size, self.pretrained)
-        filled = {k: v for k, v in recipe.fields().items() if getattr(self, k) is None}
+        filled: dict[str, Any] = {k: v for k, v in recipe.fields().items() if getattr(self, k) is None}
+        if recipe.backbone_drop_path is not None and "backbone_drop_path" not in self.model_overrides:
+            filled["model_overrides"] = {**self.model_overrides, "backbone_drop_path": recipe.backbone_drop_path}
         return self.replace(**filled), recipe
 
     def explicit(self) -> list[str]:
