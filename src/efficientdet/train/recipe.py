@@ -117,4 +117,5 @@ def choose_recipe(name: str, epochs: int, num_images: int, batch_size: int, pret
                   backbone_drop_path=0.0 if steps < NO_DROP_PATH_STEPS else None)
 
 
-__all__ = ["LONG_SCHEDULE_STEPS", "NO_DROP_PATH_STEPS", "RECIPES", "RECIPE_FIELDS", "Recipe", "choose_recipe", "official_recipe"]
+__all__ = ["LONG_SCHEDULE_STEPS", "NO_DROP_PATH_STEPS", "RECIPES", "RECIPE_FIELDS", "Recipe", "choose_recipe",
+           "official_recipe"]
