@@ -34,7 +34,8 @@ def test_auto_drop_path_only_in_short_runs_and_explicit_override_wins():
 
     long = choose_recipe("auto", epochs=100, num_images=1000, batch_size=8, pretrained=False)
     assert long.backbone_drop_path is None
-    assert choose_recipe("official", epochs=10, num_images=800, batch_size=8, pretrained=False).backbone_drop_path is None
+    assert choose_recipe("official", epochs=10, num_images=800, batch_size=8,
+                         pretrained=False).backbone_drop_path is None
     cfg = TrainConfig(train_images="x", train_annotations="y", epochs=10, batch_size=8)
     resolved, _ = cfg.resolve(800)
     assert resolved.model_overrides == {"backbone_drop_path": 0.0}
