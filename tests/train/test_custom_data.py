@@ -16,7 +16,7 @@ def test_recipe_fills_only_unset_fields():
     base = TrainConfig("imgs", "ann.json", epochs=10, batch_size=8)
     assert base.lr is None and base.optimizer is None  # "from the recipe"
     cfg, recipe = base.resolve(800)
-    assert (cfg.optimizer, cfg.lr, cfg.scale_min, cfg.scale_max) == ("adamw", 2e-3, 0.6, 1.4)
+    assert (cfg.optimizer, cfg.lr, cfg.scale_min, cfg.scale_max) == ("adamw", 1e-2, 0.6, 1.4)
     assert recipe.name == "auto" and base.explicit() == []
     given = TrainConfig("imgs", "ann.json", epochs=10, batch_size=8, lr=5e-3, scale_max=2.0)
     cfg, _ = given.resolve(800)
@@ -52,10 +52,10 @@ def test_default_run_records_recipe_and_fitted_anchors(default_run):
     from efficientdet.weights import load_checkpoint
 
     result, err = default_run
-    assert "recipe auto: adamw lr 0.00141" in err  # 2e-3 x sqrt(batch 4 / 8)
+    assert "recipe auto: adamw lr 0.00707" in err  # 1e-2 x sqrt(batch 4 / 8)
     assert "anchors:" in err and "training boxes have an anchor" in err
     saved = TrainConfig.load_yaml(result.run_dir / "config.yaml")
-    assert (saved.recipe, saved.optimizer, saved.lr, saved.accumulate) == ("auto", "adamw", 0.001414, 2)
+    assert (saved.recipe, saved.optimizer, saved.lr, saved.accumulate) == ("auto", "adamw", 0.007071, 2)
     assert saved.ema_decay is not None and saved.scale_min == 0.6  # resolved values, not None
     # 10-40 px shapes at 128 px: D0's 32 px smallest anchor is too coarse, so anchors auto changed them
     assert "anchors auto: anchor_scale" in err
@@ -109,3 +109,22 @@ def test_anchors_command(tiny_data, capsys):
     code = main(["anchors", "--train-images", "nowhere", "--train-annotations", "nowhere.json"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # the second loader, on a 1-CPU runner
+def test_loader_workers_capped_to_usable_cpus(tiny_data, tmp_path, monkeypatch):
+    """More loader processes than CPUs only compete, and torch warns about it on the user's terminal."""
+    import torch
+
+    from efficientdet.data import read_dataset
+    from efficientdet.factory import create_model
+    from efficientdet.train import build
+
+    cfg = tiny_config(tiny_data, tmp_path, workers=2).resolve(8)[0]
+    data = read_dataset("coco", cfg.train_images, cfg.train_annotations)
+    model = create_model("d0", num_classes=data.num_classes, image_size=128, **TINY)
+    monkeypatch.setattr(build, "usable_cpus", lambda: 1)
+    loader, _ = build.build_loader(cfg, data, model, torch.device("cpu"))
+    assert loader.num_workers == 1
+    monkeypatch.setattr(build, "usable_cpus", lambda: 8)
+    assert build.build_loader(cfg, data, model, torch.device("cpu"))[0].num_workers == 2

@@ -19,13 +19,13 @@ def test_official_is_the_paper_recipe():
 def test_auto_short_run_from_scratch():
     # 800 images / batch 8 = 100 steps per epoch, 10 epochs = 1000 steps
     r = choose_recipe("auto", epochs=10, num_images=800, batch_size=8, pretrained=False)
-    assert r.optimizer == "adamw" and r.lr == pytest.approx(2e-3)
+    assert r.optimizer == "adamw" and r.lr == pytest.approx(1e-2)
     assert r.warmup_epochs == pytest.approx(0.5)  # 5% of 1000 steps = 50 steps = half an epoch
     assert r.ema_decay == pytest.approx(1 - 1 / 80)  # window 8% of 1000 steps
     assert r.ema_warmup_steps == pytest.approx(50)
     assert (r.scale_min, r.scale_max) == (0.6, 1.4)
     assert set(r.fields()) == set(RECIPE_FIELDS)
-    assert r.describe().startswith("recipe auto: adamw lr 0.002")
+    assert r.describe().startswith("recipe auto: adamw lr 0.01 ")
     assert r.backbone_drop_path == 0.0 and "backbone drop path 0" in r.describe()
 
 
@@ -46,7 +46,7 @@ def test_auto_drop_path_only_in_short_runs_and_explicit_override_wins():
 
 def test_auto_pretrained_batch_scaling_and_jitter_by_epochs():
     r = choose_recipe("auto", epochs=50, num_images=800, batch_size=32, pretrained=True)
-    assert r.lr == pytest.approx(1e-3 * 2)  # sqrt(32 / 8) = 2
+    assert r.lr == pytest.approx(4e-3 * 2)  # sqrt(32 / 8) = 2
     assert r.warmup_epochs == pytest.approx(1.0)  # 5% of 1250 steps = 62.5 steps > one epoch (25 steps)
     assert (r.scale_min, r.scale_max) == (0.4, 1.6)
     long = choose_recipe("auto", epochs=200, num_images=100, batch_size=8, pretrained=False)

@@ -225,10 +225,19 @@ def build_loader(cfg: TrainConfig, data: DetectionData, model: EfficientDet, dev
     g.manual_seed(cfg.seed)
     dataset = SegmentationDataset(data, transform) if isinstance(data, SegmentationData) else DetectionDataset(
         data, transform)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers,
+    workers = min(cfg.workers, usable_cpus())  # more loader processes than CPUs only compete (torch warns)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
                         collate_fn=collate, worker_init_fn=_init_worker, generator=g,
-                        pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0)
+                        pin_memory=device.type == "cuda", persistent_workers=workers > 0)
     return loader, sampler
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. under ``taskset`` or a container's cpuset)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _init_worker(worker_id: int) -> None:
