@@ -62,7 +62,7 @@ def flops(model: nn.Module, size: int) -> int:
     return counter.get_total_flops() // 2
 
 
-def train_and_eval(name: str, model: nn.Module, train_data, val_data, args) -> dict:
+def train_and_eval(name: str, model: nn.Module, train_data, val_data, args, lr: float) -> dict:
     from efficientdet.data.segmentation import SegmentationDataset, collate_segmentation
     from efficientdet.data.transforms import TrainTransform
     from efficientdet.eval.segmentation import evaluate_segmentation
@@ -74,13 +74,13 @@ def train_and_eval(name: str, model: nn.Module, train_data, val_data, args) -> d
     g = torch.Generator()
     steps_per_epoch = len(train_data) // args.batch
     total = steps_per_epoch * args.epochs
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=args.weight_decay)
     warmup = steps_per_epoch
 
     def lr_at(step: int) -> float:
         if step < warmup:
-            return args.lr * (0.1 + 0.9 * step / warmup)
-        return 0.5 * args.lr * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+            return lr * (0.1 + 0.9 * step / warmup)
+        return 0.5 * lr * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
     model = model.to(memory_format=torch.channels_last)
     step, t0, losses = 0, time.perf_counter(), []
@@ -103,7 +103,7 @@ def train_and_eval(name: str, model: nn.Module, train_data, val_data, args) -> d
             step += 1
             epoch_loss += float(loss)
         losses.append(epoch_loss / max(1, steps_per_epoch))
-        print(f"{name}: epoch {epoch + 1}/{args.epochs} loss {losses[-1]:.4f} "
+        print(f"{name} lr {lr:g}: epoch {epoch + 1}/{args.epochs} loss {losses[-1]:.4f} "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
     train_s = time.perf_counter() - t0
     metrics = evaluate_segmentation(model, val_data, batch_size=8)
@@ -121,7 +121,10 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", default="2e-3,1e-2",
+                   help="peak learning rates (comma-separated): each model trains at each, its best is reported")
+    p.add_argument("--ours-drop-path", type=float, default=0.0,
+                   help="our backbone's stochastic depth (train's auto recipe turns it off below 10k steps)")
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--scale-min", type=float, default=0.5)
     p.add_argument("--scale-max", type=float, default=2.0)
@@ -143,20 +146,28 @@ def main() -> None:
     k = train_data.num_classes
     result: dict = {"cpu": cpu_name(), "threads": args.threads, "torch": torch.__version__,
                     "budget": {k2: getattr(args, k2) for k2 in ("num_train", "num_val", "epochs", "batch", "size",
-                                                                 "lr", "weight_decay", "scale_min", "scale_max")},
+                                                                 "lr", "weight_decay", "scale_min", "scale_max",
+                                                                 "ours_drop_path")},
                     "optimizer": "AdamW, 1 warm-up epoch from 0.1x, cosine to 0, clip 10; no EMA; random init"}
     builders = {
-        "ours": lambda: create_model("d0_seg", image_size=args.size, seg_class_names=train_data.class_names),
+        "ours": lambda: create_model("d0_seg", image_size=args.size, seg_class_names=train_data.class_names,
+                                     backbone_drop_path=args.ours_drop_path),
         "peer": lambda: Peer(k, args.size),
     }
     for name in args.models.split(","):
-        torch.manual_seed(args.seed)
-        model = builders[name]()
-        label = "efficientdet_d0_seg" if name == "ours" else "lraspp_mobilenet_v3_large"
-        row = {"model": label, "params": sum(p.numel() for p in model.parameters()), "flops": flops(model, args.size)}
-        row.update(train_and_eval(name, model, train_data, val_data, args))
-        result[name] = row
-        print(json.dumps({name: {k2: v for k2, v in row.items() if k2 != "per_class_IoU"}}), flush=True)
+        runs = []
+        for lr in (float(v) for v in str(args.lr).split(",")):
+            torch.manual_seed(args.seed)
+            model = builders[name]()
+            label = "efficientdet_d0_seg" if name == "ours" else "lraspp_mobilenet_v3_large"
+            row = {"model": label, "lr": lr, "params": sum(p.numel() for p in model.parameters()),
+                   "flops": flops(model, args.size)}
+            row.update(train_and_eval(name, model, train_data, val_data, args, lr))
+            runs.append(row)
+            print(json.dumps({name: {k2: v for k2, v in row.items() if k2 != "per_class_IoU"}}), flush=True)
+        result[name] = max(runs, key=lambda r: r["mIoU"])  # each model at its best learning rate
+        result[f"{name}_runs"] = [{k2: r[k2] for k2 in ("lr", "mIoU", "pixel_accuracy", "train_seconds")}
+                                  for r in runs]
     if "ours" in result and "peer" in result:
         result["mIoU_ratio"] = result["ours"]["mIoU"] / max(result["peer"]["mIoU"], 1e-9)
         result["flops_ratio"] = result["ours"]["flops"] / result["peer"]["flops"]
