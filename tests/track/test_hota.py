@@ -175,3 +175,14 @@ def test_equals_trackeval_on_mot_files(tmp_path, seed):
     assert ours["mota"] == pytest.approx(ref["CLEAR"]["MOTA"], abs=1e-9)
     assert ours["idf1"] == pytest.approx(ref["Identity"]["IDF1"], abs=1e-9)
     assert ours["num_switches"] == ref["CLEAR"]["IDSW"]
+
+
+def test_missing_trackeval_is_a_one_line_error_naming_the_fix(monkeypatch):
+    import sys
+
+    for name in [m for m in sys.modules if m == "trackeval" or m.startswith("trackeval.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "trackeval", None)  # makes `import trackeval` raise ImportError
+    gt = {1: _frame([(1, A[0])])}
+    with pytest.raises(ConfigError, match=r"^HOTA needs the trackeval package: pip install trackeval$"):
+        evaluate_tracks(gt, gt)
