@@ -7,7 +7,7 @@
         tracked = tracker.update(detector(frame)[0])   # Detections with .track_ids (n,) int64
 
 numpy + scipy only (no PyTorch), so it also runs behind :class:`efficientdet.deploy.OnnxModel`.
-:mod:`.metrics` scores tracks against ground truth with ``motmetrics`` (MOTA, IDF1).
+:mod:`.metrics` scores tracks against ground truth with ``motmetrics`` (MOTA, IDF1) and ``trackeval`` (HOTA).
 """
 
 from .bytetrack import Tracker, box_iou
