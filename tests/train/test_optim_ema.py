@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from efficientdet import create_model
 from efficientdet.train.ema import ModelEma
 from efficientdet.train.optim import WarmupCosine, build_optimizer, param_groups
 
@@ -67,3 +68,20 @@ def test_ema_math() -> None:
     model.weight.data.fill_(10.0)
     d = warm.update(model)
     assert warm.module.weight.item() == pytest.approx(d * before + (1 - d) * 10.0)
+
+
+def test_backbone_lr_scale_groups_follow_the_schedule():
+    """With a backbone lr scale the backbone's parameters get their own groups at that fraction of the lr."""
+    model = create_model("d0", num_classes=2, image_size=128, fpn_channels=16, fpn_layers=1, head_layers=1)
+    plain = param_groups(model, 4e-5)
+    assert [g["name"] for g in plain] == ["decay", "no_decay"] and all(g["lr_scale"] == 1.0 for g in plain)
+    groups = param_groups(model, 4e-5, backbone_lr_scale=0.1)
+    assert [g["name"] for g in groups] == ["decay", "no_decay", "backbone_decay", "backbone_no_decay"]
+    backbone = {id(p) for p in model.backbone.parameters()}
+    assert {id(p) for g in groups[2:] for p in g["params"]} == backbone
+    assert not backbone & {id(p) for g in groups[:2] for p in g["params"]}
+    assert sum(len(g["params"]) for g in groups) == sum(len(g["params"]) for g in plain)
+    assert [g["weight_decay"] for g in groups] == [4e-5, 0.0, 4e-5, 0.0]
+    opt = build_optimizer(model, "adamw", 0.01, 0.9, 4e-5, backbone_lr_scale=0.1)
+    WarmupCosine(0.01, total_steps=100, warmup_steps=0).apply(opt, 0)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.01, 0.01, 0.001, 0.001])

@@ -13,7 +13,7 @@ def test_official_is_the_paper_recipe():
     assert r == official_recipe(8)
     assert r.fields() == {"optimizer": "sgd", "lr": 0.01, "weight_decay": 4e-5, "warmup_epochs": 1.0,
                           "warmup_factor": 0.1, "ema_decay": 0.9998, "ema_warmup_steps": 2000.0,
-                          "scale_min": 0.1, "scale_max": 2.0}
+                          "scale_min": 0.1, "scale_max": 2.0, "backbone_lr_scale": 1.0}
 
 
 def test_auto_short_run_from_scratch():

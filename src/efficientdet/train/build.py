@@ -156,6 +156,9 @@ def build_model(cfg: TrainConfig, data: Any, device: torch.device, resuming: boo
         pretrained_backbone=(cfg.pretrained_backbone or False) if not resuming and not cfg.weights else False,
         **labels, **overrides,
     ).to(device)
+    if cfg.pretrained_backbone and not resuming and not cfg.weights:
+        log(f"backbone: ImageNet weights from {cfg.pretrained_backbone} ({model.config.backbone}, every tensor "
+            "checked)")
     missing = [t for t in cfg.tasks if t not in model.config.tasks]
     if missing:
         raise ConfigError(f"--task {cfg.task}: the model ({model.config.name}) has no {' or '.join(missing)} head; "
@@ -190,7 +193,8 @@ def build_state(cfg: TrainConfig, model: EfficientDet, steps_per_epoch: int, dev
                 amp: torch.dtype | None) -> TrainState:
     """EMA, optimizer, warm-up + cosine schedule and (fp16 on CUDA) the loss scaler, all at step 0."""
     ema = ModelEma(model, cfg.ema_decay, cfg.ema_warmup_steps)
-    optimizer = build_optimizer(model, cfg.optimizer, cfg.peak_lr, cfg.momentum, cfg.weight_decay)
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.peak_lr, cfg.momentum, cfg.weight_decay,
+                                cfg.backbone_lr_scale if cfg.backbone_lr_scale is not None else 1.0)
     total = steps_per_epoch * cfg.epochs
     schedule = WarmupCosine(cfg.peak_lr, total, round(cfg.warmup_epochs * steps_per_epoch), cfg.warmup_factor)
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 and device.type == "cuda" else None

@@ -78,6 +78,9 @@ class TrainConfig:
                                       "--recipe)", check="non_negative_float")
     warmup_factor: float | None = opt(None, "warm-up starts at this fraction of the peak lr (default: from --recipe)",
                                       check="unit_float")
+    backbone_lr_scale: float | None = opt(None, "the backbone's lr as a fraction of the peak lr (fine-tunes "
+                                          "pretrained features gently) (default: from --recipe)",
+                                          check="positive_float")
     clip_grad: float = opt(10.0, "gradient norm clipping", check="positive_float")
     ema_decay: float | None = opt(None, "EMA decay of the weights (default: from --recipe)", check="non_negative_float")
     ema_warmup_steps: float | None = opt(None, "EMA warm-up time constant: decay * (1 - exp(-updates / N)); 0 = off "

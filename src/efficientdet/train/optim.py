@@ -10,36 +10,38 @@ from torch import nn
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, backbone_lr_scale: float = 1.0) -> list[dict]:
     """Two groups: weights with ``weight_decay``; norm-layer parameters and biases without.
 
     As the official code (which excludes ``batch_normalization`` and ``bias`` variables from the L2
     loss), BiFPN fusion weights keep their decay. Frozen parameters (``requires_grad=False``) are left
-    out. Each group carries ``name`` (``"decay"`` / ``"no_decay"``) for logging and tests.
+    out. Each group carries ``name`` (``"decay"`` / ``"no_decay"``) for logging and tests, and
+    ``lr_scale`` (its lr as a fraction of the schedule's). With ``backbone_lr_scale != 1`` the backbone's
+    parameters form two more groups (``backbone_decay`` / ``backbone_no_decay``, after the others) at
+    that fraction.
     """
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
+    backbone = getattr(model, "backbone", None)
+    in_backbone = {id(p) for p in backbone.parameters()} if backbone is not None and backbone_lr_scale != 1.0 else set()
+    groups: dict[str, list[nn.Parameter]] = {"decay": [], "no_decay": [], "backbone_decay": [], "backbone_no_decay": []}
     seen: set[int] = set()
     for module in model.modules():
         for pname, p in module.named_parameters(recurse=False):
             if not p.requires_grad or id(p) in seen:
                 continue
             seen.add(id(p))
-            if isinstance(module, NORM_TYPES) or pname == "bias":
-                no_decay.append(p)
-            else:
-                decay.append(p)
-    return [
-        {"params": decay, "weight_decay": float(weight_decay), "name": "decay"},
-        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
-    ]
+            kind = "no_decay" if isinstance(module, NORM_TYPES) or pname == "bias" else "decay"
+            groups[("backbone_" if id(p) in in_backbone else "") + kind].append(p)
+    out = [{"params": groups[name], "weight_decay": 0.0 if name.endswith("no_decay") else float(weight_decay),
+            "name": name, "lr_scale": float(backbone_lr_scale) if name.startswith("backbone_") else 1.0}
+           for name in groups]
+    return [g for g in out if g["params"] or not g["name"].startswith("backbone_")]
 
 
 def build_optimizer(
-    model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float
+    model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float, backbone_lr_scale: float = 1.0
 ) -> torch.optim.Optimizer:
     """SGD (momentum, official) or AdamW over :func:`param_groups`; ``lr`` is the peak lr."""
-    groups = param_groups(model, weight_decay)
+    groups = param_groups(model, weight_decay, backbone_lr_scale)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum)
     return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))
@@ -69,10 +71,10 @@ class WarmupCosine:
         return self.base_lr * 0.5 * (1.0 + math.cos(math.pi * t))
 
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
-        """Set every group's lr for ``step``; returns it."""
+        """Set every group's lr for ``step`` (times its ``lr_scale``, if any); returns the schedule's lr."""
         lr = self(step)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr
 
     def state_dict(self) -> dict:

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 RECIPES = ("auto", "official")
 #: TrainConfig fields a recipe sets (an option given explicitly by the user always wins)
 RECIPE_FIELDS = ("optimizer", "lr", "weight_decay", "warmup_epochs", "warmup_factor", "ema_decay",
-                 "ema_warmup_steps", "scale_min", "scale_max")
+                 "ema_warmup_steps", "scale_min", "scale_max", "backbone_lr_scale")
 #: from this many optimizer steps on, a pretrained run keeps the official SGD recipe
 LONG_SCHEDULE_STEPS = 30_000
 #: below this many optimizer steps, auto turns the backbone's stochastic depth off
@@ -55,6 +55,8 @@ class Recipe:
     scale_min: float
     scale_max: float
     reason: str = ""
+    #: the backbone's lr as a fraction of ``lr``
+    backbone_lr_scale: float = 1.0
     #: the backbone's stochastic-depth rate (a model setting; None: the model's own)
     backbone_drop_path: float | None = None
 
@@ -68,6 +70,7 @@ class Recipe:
         return (f"recipe {self.name}: {self.optimizer} lr {self.lr:.3g} wd {self.weight_decay:g}, warm-up "
                 f"{self.warmup_epochs:.2g} epochs, EMA {self.ema_decay:.4g} (warm-up {self.ema_warmup_steps:.0f} "
                 f"steps), scale jitter {self.scale_min:g}-{self.scale_max:g}"
+                + (f", backbone lr x{self.backbone_lr_scale:g}" if self.backbone_lr_scale != 1.0 else "")
                 + (f", backbone drop path {self.backbone_drop_path:g}" if self.backbone_drop_path is not None else "")
                 + (f" ({self.reason})" if self.reason else ""))
 
