@@ -46,7 +46,7 @@ def test_auto_drop_path_only_in_short_runs_and_explicit_override_wins():
 
 def test_auto_pretrained_batch_scaling_and_jitter_by_epochs():
     r = choose_recipe("auto", epochs=50, num_images=800, batch_size=32, pretrained=True)
-    assert r.lr == pytest.approx(4e-3 * 2)  # sqrt(32 / 8) = 2
+    assert r.lr == pytest.approx(1e-2 * 2)  # sqrt(32 / 8) = 2
     assert r.warmup_epochs == pytest.approx(1.0)  # 5% of 1250 steps = 62.5 steps > one epoch (25 steps)
     assert (r.scale_min, r.scale_max) == (0.4, 1.6)
     long = choose_recipe("auto", epochs=200, num_images=100, batch_size=8, pretrained=False)

@@ -9,10 +9,12 @@ learnt (issue 15). ``auto`` keeps the official recipe for long pretrained schedu
 changes, as pure functions of the schedule:
 
 * optimiser AdamW (adapts per-parameter step sizes: converges in few steps, from scratch and from
-  ImageNet), lr 1e-2 from scratch, 4e-3 from a pretrained backbone, at batch 8, scaled by
-  sqrt(batch / 8); decoupled weight decay 1e-2 (not on norms/biases). Measured on D0 from scratch,
-  300 steps on 800 photographs (BENCHMARKS.md): AP50 0.001 at 2e-3, 0.036 at 6e-3, 0.100 at 1.2e-2,
-  0.102 at 2.4e-2 (the last three without stochastic depth);
+  ImageNet), lr 1e-2 at batch 8, scaled by sqrt(batch / 8), from scratch and from a pretrained
+  backbone alike (the feature network and heads start from random weights either way); decoupled
+  weight decay 1e-2 (not on norms/biases). Measured on 800 photographs (BENCHMARKS.md): D0 from
+  scratch, 300 steps: AP50 0.001 at 2e-3, 0.036 at 6e-3, 0.100 at 1.2e-2, 0.102 at 2.4e-2 (the last
+  three without stochastic depth); Lite0 from ImageNet, 1000 steps: 0.303 at 4e-3, 0.433 at 1e-2, and
+  0.356 at 1e-2 with the backbone at a tenth of it (``backbone_lr_scale``, so that stays 1);
 * warm-up: 5% of the steps, at most one epoch, from 0.1 x lr;
 * EMA: averaging window ~8% of the steps (decay ``1 - 1 / (0.08 * steps)``, capped at 0.9998) with
   the warm-up time constant at 5% of the steps, so the averaged weights follow the trained ones;
@@ -105,7 +107,7 @@ def choose_recipe(name: str, epochs: int, num_images: int, batch_size: int, pret
 
         return replace(official_recipe(batch_size), name="auto",
                        reason=f"{steps} steps from pretrained weights: the official recipe")
-    lr = (4e-3 if pretrained else 1e-2) * math.sqrt(batch_size / 8)
+    lr = 1e-2 * math.sqrt(batch_size / 8)
     warmup_epochs = min(1.0, 0.05 * steps / steps_per_epoch)
     ema_decay = min(0.9998, 1.0 - 1.0 / max(10.0, 0.08 * steps))
     ema_warmup = max(5.0, 0.05 * steps)
