@@ -32,7 +32,7 @@ def join(device: str = "cpu") -> tuple[int, int]:
         return 0, 1
     import torch.distributed as dist
 
-    from ..train.distributed import init_distributed
+    from ..distributed import init_distributed
 
     init_distributed("cuda" if str(device).startswith("cuda") else "cpu")
     return dist.get_rank(), dist.get_world_size()

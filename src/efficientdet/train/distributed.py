@@ -1,4 +1,5 @@
-"""``torchrun`` support: process group from environment variables, rank helpers, data sharding.
+"""``torchrun`` support for training: data sharding (the process-group helpers live in
+:mod:`efficientdet.distributed` and are re-exported here).
 
 The epoch's global order is built identically on every rank (it depends only on the seed and the
 epoch); rank ``r`` of ``W`` takes the ``r``-th contiguous slice of each global batch, so the union
@@ -7,54 +8,13 @@ of the per-rank batches is exactly the single-process batch.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import Sampler
 
-
-def env_world() -> tuple[int, int, int]:
-    """``(rank, local_rank, world_size)`` from torchrun's environment (``0, 0, 1`` without it)."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def init_distributed(device_type: str) -> bool:
-    """Join the process group when launched by torchrun (gloo on CPU, nccl on CUDA); True if joined."""
-    _, local_rank, world = env_world()
-    if world <= 1 or (dist.is_available() and dist.is_initialized()):
-        return world > 1
-    if device_type == "cuda":
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo", init_method="env://")
-    return True
-
-
-def is_main() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def barrier() -> None:
-    if world_size() > 1:
-        dist.barrier()
-
-
-def all_reduce(value: torch.Tensor, op: str = "sum") -> torch.Tensor:
-    """In-place all-reduce (sum / max / min); identity in a single process."""
-    if world_size() > 1:
-        dist.all_reduce(value, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op])
-    return value
-
-
-def cleanup() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+from ..distributed import all_reduce, barrier, cleanup, env_world, init_distributed, is_main, world_size
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -94,3 +54,7 @@ class EpochBatchSampler(Sampler):
         for b in range(self.start, self.length // self.global_batch):
             lo = b * self.global_batch + self.rank * self.local_batch
             yield list(zip(order[lo : lo + self.local_batch].tolist(), seeds[lo : lo + self.local_batch].tolist()))
+
+
+__all__ = ["EpochBatchSampler", "all_reduce", "barrier", "cleanup", "env_world", "epoch_seed", "init_distributed",
+           "is_main", "world_size"]
