@@ -23,6 +23,7 @@ import importlib.util
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, DataError, EfficientDetError, WeightsError
+from .version import __version__ as __version__
 
 if TYPE_CHECKING:
     from .detections import Detections
@@ -61,7 +62,6 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_LAZY])
 
 
-__version__ = "0.1.0"
 __all__ = [
     "ConfigError",
     "DataError",

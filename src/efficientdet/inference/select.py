@@ -49,7 +49,7 @@ def request_key(model: Any, weights: Any, image_size: int | None, num_classes: i
     name) + the request. ``None`` when the request cannot be cached (random weights, a model instance)."""
     if weights is None or not (model is None or isinstance(model, str)):
         return None
-    from .. import __version__
+    from ..version import __version__
 
     h = hashlib.sha256()
     path = Path(weights)
