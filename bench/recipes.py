@@ -25,8 +25,6 @@ import argparse
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,14 +36,10 @@ CLASSES = ("circle", "square", "triangle", "cross", "ring", "star", "diamond", "
 
 
 def _cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    """The CPU's model name, as BENCHMARKS.md names every figure's machine (the library's probe)."""
+    from efficientdet.inference.precision import cpu_info
+
+    return cpu_info().name
 
 
 def _backgrounds() -> list[np.ndarray]:

@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -28,11 +26,10 @@ from torch.utils.data import DataLoader
 
 
 def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration, subprocess.CalledProcessError):
-        return platform.processor() or "unknown CPU"
+    """The CPU's model name, as BENCHMARKS.md names every figure's machine (the library's probe)."""
+    from efficientdet.inference.precision import cpu_info
+
+    return cpu_info().name
 
 
 class Peer(nn.Module):

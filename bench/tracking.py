@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,14 +34,10 @@ MODEL = {"backbone": "tinynet_e", "fpn_channels": 32, "fpn_layers": 2, "head_lay
 
 
 def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    """The CPU's model name, as BENCHMARKS.md names every figure's machine (the library's probe)."""
+    from efficientdet.inference.precision import cpu_info
+
+    return cpu_info().name
 
 
 def one_class(annotations: Path) -> None:

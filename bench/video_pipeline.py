@@ -77,13 +77,10 @@ def build_model(frame, boxes: int):
 
 
 def cpu_name() -> str:
-    """The CPU's model name (Linux), as BENCHMARKS.md names every figure's machine."""
-    path = Path("/proc/cpuinfo")
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown CPU"
+    """The CPU's model name, as BENCHMARKS.md names every figure's machine (the library's probe)."""
+    from efficientdet.inference.precision import cpu_info
+
+    return cpu_info().name
 
 
 def stages(clip: Path, detector, images: list, work: Path) -> dict[str, float]:

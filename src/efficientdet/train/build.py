@@ -17,6 +17,7 @@ from ..data.records import DetectionData
 from ..data.segmentation import SegmentationData, SegmentationDataset
 from ..errors import ConfigError, DataError
 from ..factory import create_model
+from ..inference.sharding import usable_cpus
 from ..model.efficientdet import EfficientDet
 from . import distributed as dist
 from .config import TrainConfig
@@ -234,14 +235,6 @@ def build_loader(cfg: TrainConfig, data: DetectionData, model: EfficientDet, dev
                         collate_fn=collate, worker_init_fn=_init_worker, generator=g,
                         pin_memory=device.type == "cuda", persistent_workers=workers > 0)
     return loader, sampler
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, e.g. under ``taskset`` or a container's cpuset)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def _init_worker(worker_id: int) -> None:
