@@ -11,6 +11,8 @@ of them alike; the median over rounds is reported):
 - ``ort_int8_qop``: the same in onnxruntime's QOperator format;
 - ``ort_int8_conv_only``: only the convolutions quantised (SiLU/sigmoid left in float32 between
   dequantise/quantise pairs: the earlier, slower attempt);
+- ``ov_fp32`` / ``ov_bf16`` / ``ov_int8``: OpenVINO (CPU plugin) on the float32 export with a float32 /
+  bf16 inference-precision hint, and on ``ort_int8``'s QDQ file;
 - ``torch_fp32`` / ``torch_bf16``: the BN-folded, fused PyTorch network in float32 / bfloat16.
 
 Calibration: 8 images of the synthetic data set. Prints the CPU name, its flags that matter, the
@@ -85,6 +87,23 @@ def main() -> None:
         res[f"{name}_quantise_s"] = time.perf_counter() - t0
         s = make_session(path, args.threads)
         fns[name] = lambda s=s: s.run(None, {"images": x})
+    for name in ("ov_fp32", "ov_bf16", "ov_int8"):
+        if name not in wanted:
+            continue
+        import openvino as ov
+
+        res["openvino"] = ov.__version__
+        src = fp32
+        if name == "ov_int8":
+            src = tmp / "ov_int8_src.onnx"
+            if not src.exists():
+                q.quantize_int8(fp32, src, calib, cfg.image_size, cfg.mean, cfg.std)
+        hint = {"ov_fp32": "f32", "ov_bf16": "bf16", "ov_int8": "f32"}[name]
+        compiled = ov.Core().compile_model(str(src), "CPU", {
+            "INFERENCE_NUM_THREADS": args.threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": hint})
+        req = compiled.create_infer_request()
+        fns[name] = lambda r=req: r.infer({0: x})
     xt = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
     for name, dtype in (("torch_fp32", None), ("torch_bf16", torch.bfloat16)):
         if name in wanted:

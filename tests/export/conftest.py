@@ -11,10 +11,10 @@ from efficientdet import create_model
 from efficientdet.weights import save_checkpoint
 
 
-def tiny_model(seed: int = 0) -> torch.nn.Module:
+def tiny_model(seed: int = 0, image_size: int = 128) -> torch.nn.Module:
     """D0 backbone, 128 px input, 16-channel BiFPN with one layer, one head layer; BN stats randomised."""
     torch.manual_seed(seed)
-    model = create_model("d0", image_size=128, fpn_channels=16, fpn_layers=1, head_layers=1).eval()
+    model = create_model("d0", image_size=image_size, fpn_channels=16, fpn_layers=1, head_layers=1).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.add_(torch.randn_like(p) * 0.05)

@@ -32,7 +32,7 @@ def test_cpu_info_reads_the_name_and_flags(tmp_path):
 
 
 def test_auto_picks_a_reduced_precision_only_where_measured_and_possible():
-    assert resolve_precision("auto", "cpu", None, ZEN4) == "fp32"  # bf16 measured slower there
+    assert resolve_precision("auto", "cpu", None, ZEN4) == "fp32"  # bf16 is measured where the file runs
     assert resolve_precision("auto", "cpu", "calib/", ZEN4) == "int8"  # VNNI + calibration images
     assert resolve_precision("auto", "cpu", "calib/", OLD) == "fp32"  # no int8 dot products
     assert resolve_precision("auto", "cuda", "calib/", SPR) == "fp32"

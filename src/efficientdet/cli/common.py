@@ -114,14 +114,15 @@ def add_model_options(p: argparse.ArgumentParser, weights_required: bool = False
                         "or an exported .onnx file (run in onnxruntime)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--image-size", type=image_size, default=None, help="override the network input size")
-    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
-                   help="inference runtime: auto (default) = onnxruntime on the CPU (exported once and cached, the "
-                        "fastest path), else torch; an .onnx --weights file always runs in onnxruntime")
+    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
+                   help="inference runtime: auto (default) = the model exported once to ONNX and cached, run in "
+                        "onnxruntime, or in OpenVINO where its bf16 mode measured faster on this CPU; torch; "
+                        "onnxruntime; openvino; an .onnx --weights file runs in onnxruntime or OpenVINO")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto",
-                   help="network precision: auto (default) = the fastest measured on this CPU class (int8 only "
-                        "with --calibration, bf16 only where measured faster); fp32; bf16 (PyTorch, oneDNN bf16 "
-                        "kernels, needs AVX512-BF16 or AMX); int8 (onnxruntime, static quantisation with "
-                        "--calibration images, cached)")
+                   help="network precision: auto (default) = the fastest measured on this CPU (int8 only with "
+                        "--calibration; bf16 where it measured faster, timed once and remembered); fp32; bf16 "
+                        "(OpenVINO, or PyTorch with --backend torch; needs AVX512-BF16 or AMX); int8 (onnxruntime, "
+                        "static quantisation with --calibration images, cached)")
     p.add_argument("--calibration", metavar="DIR", default=None,
                    help="folder of representative images for --precision int8/auto (the first 32 are used)")
 
@@ -133,8 +134,9 @@ def make_detector(args: argparse.Namespace, threads: int | None = None, **settin
     from ..inference.onnxrt import is_onnx_file
 
     if is_onnx_file(args.weights) and args.backend == "torch":
-        raise ConfigError(f"{args.weights}: an exported ONNX file runs in onnxruntime; drop --backend torch")
-    if threads is not None and args.backend != "onnxruntime" and not is_onnx_file(args.weights):
+        raise ConfigError(f"{args.weights}: an exported ONNX file runs in onnxruntime or OpenVINO; "
+                          "drop --backend torch")
+    if threads is not None and args.backend == "torch" and not is_onnx_file(args.weights):
         import torch  # the PyTorch runner's threads (onnxruntime's are set by ``threads``)
 
         torch.set_num_threads(threads)

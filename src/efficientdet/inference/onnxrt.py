@@ -71,7 +71,10 @@ def is_onnx_file(weights: object) -> bool:
 
 
 class OnnxRunner:
-    """The network stage for an exported file, in onnxruntime on the CPU.
+    """The network stage for an exported file, in onnxruntime (or OpenVINO) on the CPU.
+
+    ``engine="openvino"`` runs the same file in OpenVINO's CPU plugin (:mod:`.ov_runtime`) with
+    ``precision`` ``fp32`` or ``bf16``; everything else (metadata, outputs, batching) is shared.
 
     ``outputs == "nms"`` (``--nms`` files): :meth:`run` returns ``(boxes (B, K, 4) canvas pixels, scores
     (B, K), labels (B, K), num (B,))`` with the file's own top-k, decoding, clipping and NMS;
@@ -82,13 +85,20 @@ class OnnxRunner:
     channels_last = False  # takes the contiguous NCHW batch
     device = "cpu"
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, threads: int | None = None, engine: str = "onnxruntime",
+                 precision: str = "fp32") -> None:
         self.path = Path(path)
+        self.engine, self.precision = engine, precision
         if not self.path.is_file():
             raise WeightsError(f"{self.path}: no such file; export one with 'efficientdet export --format onnx'")
         try:
-            self.session = make_session(self.path, threads)
-        except Exception as exc:  # onnxruntime raises its own exception types
+            if engine == "openvino":
+                from .ov_runtime import OpenVinoSession
+
+                self.session = OpenVinoSession(self.path, threads, precision)
+            else:
+                self.session = make_session(self.path, threads)
+        except Exception as exc:  # onnxruntime and OpenVINO raise their own exception types
             raise WeightsError(f"{self.path}: not a loadable ONNX model ({str(exc).splitlines()[0]})") from exc
         meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get("producer") != "efficientdet" or "config" not in meta:

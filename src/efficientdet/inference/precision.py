@@ -1,15 +1,18 @@
 """Inference precision: ``fp32``, ``bf16``, ``int8`` or ``auto``, decided per CPU at run time.
 
 - ``fp32``: float32 everywhere (the reference).
-- ``bf16``: the PyTorch runner with the BN-folded network in bfloat16 (oneDNN's bf16 convolutions:
-  AVX512-BF16 dot products, or the AMX tiles where the CPU has them); the input is cast once, the
-  outputs are cast back to float32 for the post-processing.
+- ``bf16``: bfloat16 convolutions on AVX512-BF16 or AMX units. With the ``auto`` or ``openvino``
+  backend: the exported file in OpenVINO with its bf16 inference-precision hint (:mod:`.ov_runtime`;
+  the box decoding and NMS inside the file stay float32); with ``--backend torch``: the BN-folded
+  PyTorch network in bfloat16 (oneDNN). Outputs come back as float32.
 - ``int8``: onnxruntime on a file quantised with calibration images (:mod:`.quantize`): int8
   weights, uint8 activations (VNNI / AMX-int8 ``u8s8`` kernels).
 - ``auto``: ``int8`` when calibration images are given and the CPU has int8 dot-product
-  instructions (VNNI or AMX-int8), else ``bf16`` where :data:`MEASURED` says bf16 was faster than
-  the float32 default on that class of CPU, else ``fp32``. A reduced precision is never picked
-  on a CPU class it was not measured faster on.
+  instructions (VNNI or AMX-int8) and :data:`MEASURED` says int8 was faster on its class; else
+  ``bf16`` in OpenVINO when the CPU has bf16 instructions and the network measured faster in it
+  than in float32 onnxruntime *on this CPU* (:func:`.ov_runtime.bf16_measured_faster`: timed once per
+  file and CPU, remembered in the cache); else ``fp32``. A reduced precision is never picked where it
+  was not measured faster.
 
 The CPU is read from ``/proc/cpuinfo`` (Linux); elsewhere only ``fp32`` is automatic.
 """
@@ -79,21 +82,26 @@ def cpu_info(path: str = "/proc/cpuinfo") -> CpuInfo:
     return CpuInfo(name, flags)
 
 
-#: Which reduced precision measured faster than the float32 default path, network alone, D0 512, batch 1,
-#: 2 threads, per CPU class (BENCHMARKS.md "Precision"). ``True``: picked by ``auto``.
+#: Whether int8 (onnxruntime QDQ, :mod:`.quantize`) measured faster than the float32 default path, network
+#: alone, D0 512, batch 1, per CPU class (BENCHMARKS.md "Precision"). ``True``: ``auto`` picks int8 there when
+#: calibration images are given. (bf16 is not in the table: it is measured on the machine itself, see
+#: :func:`efficientdet.inference.ov_runtime.bf16_measured_faster`.)
 MEASURED: dict[str, dict[str, bool]] = {
-    # AMD EPYC (Zen 4), avx512_bf16 + avx512_vnni, no AMX (bench/precision.py, 1 thread, busy machine,
-    # interleaved): bf16 in PyTorch 0.56x PyTorch float32 but 1.11x the float32 onnxruntime path that
-    # ``auto`` runs otherwise, so not picked; int8 (onnxruntime QDQ, :mod:`.quantize`) 0.65x float32
-    # onnxruntime (0.81-0.89x before the squeeze-excite pooling rewrite), picked.
-    "avx512_bf16": {"bf16": False, "int8": True},
-    # Intel Xeon with AMX tiles: not measured by bench/precision.py yet, so bf16 is not picked there either;
-    # int8 runs on the same VNNI / AMX-int8 u8s8 kernels as on the Zen 4.
-    "amx": {"bf16": False, "int8": True},
-    # VNNI without bf16 (e.g. Ice Lake, Zen 3 has no VNNI): the Zen 4's int8 kernels; not measured separately
-    "vnni": {"bf16": False, "int8": True},
-    "other": {"bf16": False, "int8": False},
+    # AMD EPYC (Zen 4), avx512_bf16 + avx512_vnni, no AMX: int8 0.62-0.74x float32 onnxruntime (quiet machine,
+    # 2 threads; 0.65x under load); OpenVINO bf16 0.68x there, PyTorch bf16 0.90x
+    "avx512_bf16": {"int8": True},
+    # Intel Xeon with AMX tiles: int8 runs on the same VNNI / AMX-int8 u8s8 kernels as on the Zen 4
+    "amx": {"int8": True},
+    # VNNI without bf16 (e.g. Ice Lake; Zen 3 has no VNNI): the Zen 4's int8 kernels; not measured separately
+    "vnni": {"int8": True},
+    "other": {"int8": False},
 }
+
+
+def bf16_capable(cpu: CpuInfo | None = None) -> bool:
+    """Whether the CPU has bf16 dot products in hardware (AVX512-BF16 or AMX)."""
+    cpu = cpu or cpu_info()
+    return cpu.avx512_bf16 or cpu.amx_bf16
 
 
 def check_precision(precision: str) -> str:
@@ -104,7 +112,8 @@ def check_precision(precision: str) -> str:
 
 def resolve_precision(precision: str, device: object = "cpu", calibration: object = None,
                       cpu: CpuInfo | None = None) -> str:
-    """``auto`` -> the precision to run (see the module docstring); an explicit one is checked and kept.
+    """``auto`` -> ``int8`` or ``fp32`` (see the module docstring; the measured bf16 choice is made where
+    the file is run, by :func:`efficientdet.inference.select.build_runner`); an explicit one is checked and kept.
 
     ``bf16`` needs a CPU with bf16 instructions (AVX512-BF16 or AMX) or a CUDA device; ``int8`` needs
     calibration images (``--calibration DIR``) and runs on the CPU.
@@ -113,14 +122,10 @@ def resolve_precision(precision: str, device: object = "cpu", calibration: objec
     cpu = cpu or cpu_info()
     on_cpu = str(device) == "cpu"
     if precision == "auto":
-        if not on_cpu:
-            return "fp32"
         measured = MEASURED.get(cpu.cpu_class, MEASURED["other"])
-        if calibration is not None and cpu.int8_dot and measured["int8"]:
+        if on_cpu and calibration is not None and cpu.int8_dot and measured["int8"]:
             return "int8"
-        if measured["bf16"] and (cpu.avx512_bf16 or cpu.amx_bf16):
-            return "bf16"
-        return "fp32"
+        return "fp32"  # bf16 may still be chosen by the runner, after measuring it (see the module docstring)
     if precision == "int8":
         if not on_cpu:
             raise ConfigError("--precision int8 runs in onnxruntime on the CPU; use --device cpu")

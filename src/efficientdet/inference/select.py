@@ -3,8 +3,13 @@
 - ``weights`` naming an ``.onnx`` file: :class:`~.onnxrt.OnnxRunner` (onnxruntime, no PyTorch for
   ``--nms`` files).
 - ``backend="torch"``: :class:`~.torch_runner.TorchRunner` on the model from :func:`efficientdet.create_model`.
-- ``backend="auto"`` (the command line's default): onnxruntime on the CPU when it is installed (the
-  fastest path, BENCHMARKS.md), PyTorch otherwise and for a given model instance or another device.
+- ``backend="auto"`` (the command line's default): the exported file on the CPU (the fastest path,
+  BENCHMARKS.md), PyTorch otherwise and for a given model instance or another device. With
+  ``precision="auto"`` the file runs in OpenVINO with bf16 convolutions where the CPU has bf16 units and
+  that measured faster than onnxruntime float32 on this machine (timed once, remembered), else in
+  onnxruntime.
+- ``backend="openvino"``: the same cached export in OpenVINO's CPU plugin (:mod:`.ov_runtime`), float32
+  or bf16.
 - ``backend="onnxruntime"``: the model is exported once to a cache folder keyed by the weights' content
   hash and the export settings (``$EFFICIENTDET_CACHE/onnx`` or ``~/.cache/efficientdet/onnx``) and run
   by :class:`~.onnxrt.OnnxRunner`; with hard NMS the post-processing is inside the file (the fastest
@@ -23,7 +28,7 @@ from ..errors import ConfigError
 from .config import PostprocessConfig
 from .onnxrt import OnnxRunner, is_onnx_file
 
-BACKENDS = ("auto", "torch", "onnxruntime")
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 #: bump when the exported graphs change: old cache entries are then not reused
 GRAPH_FORMAT = "v4"
 
@@ -107,7 +112,10 @@ def onnxruntime_available() -> bool:
 
 
 def resolve_backend(backend: str, model: Any, device: Any) -> str:
-    """``auto`` -> ``onnxruntime`` on the CPU when installed (and the model is not a live instance), else ``torch``."""
+    """``auto`` -> ``onnxruntime`` on the CPU when installed (and the model is not a live instance), else ``torch``.
+
+    (``auto`` may still run the exported file in OpenVINO, in bf16, where that measured faster: see
+    :func:`_engine_for`.)"""
     check_backend(backend)
     if backend != "auto":
         return backend
@@ -119,13 +127,48 @@ def check_backend(backend: str) -> str:
     """``backend`` if it is known and installed; a one-line :class:`ConfigError` that says what to do otherwise."""
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "onnxruntime":
+    if backend in ("onnxruntime", "openvino"):  # both run the onnxruntime-format export
         try:
             import onnxruntime  # noqa: F401
         except ImportError as exc:
-            raise ConfigError("--backend onnxruntime needs the onnxruntime package (pip install onnxruntime onnx); "
+            raise ConfigError(f"--backend {backend} needs the onnxruntime package (pip install onnxruntime onnx); "
                               "or use --backend torch") from exc
+    if backend == "openvino":
+        from .ov_runtime import openvino_available
+
+        if not openvino_available():
+            raise ConfigError("--backend openvino needs the openvino package (pip install openvino); "
+                              "or use --backend auto")
     return backend
+
+
+def _is_int8_file(path: Path) -> bool:
+    if "-int8-" in path.name:  # the int8 exports of the cache
+        return True
+    from .onnx_export import read_onnx_metadata
+
+    try:
+        return read_onnx_metadata(path).get("precision") == "int8"
+    except Exception:  # unreadable: OnnxRunner reports it
+        return False
+
+
+def _engine_for(path: Path, backend: str | None, requested: str, precision: str, threads: int | None
+                ) -> tuple[str, str]:
+    """(engine, precision) for an ONNX file: ``openvino`` for ``--backend openvino`` and for bf16; with
+    ``--precision auto`` and ``--backend auto``, OpenVINO bf16 where the CPU has bf16 units and the file's
+    network measured faster in it than in onnxruntime float32 (once per file and CPU, then remembered);
+    else onnxruntime."""
+    from .ov_runtime import bf16_measured_faster, openvino_available
+    from .precision import bf16_capable
+
+    if backend == "openvino" or precision == "bf16":
+        measured = requested == "auto" and bf16_capable() and bf16_measured_faster(path, threads)
+        return "openvino", "bf16" if precision == "bf16" or measured else "fp32"
+    if (requested == "auto" and backend in (None, "auto") and precision == "fp32" and openvino_available()
+            and bf16_capable() and not _is_int8_file(path) and bf16_measured_faster(path, threads)):
+        return "openvino", "bf16"
+    return "onnxruntime", precision
 
 
 def build_runner(
@@ -145,23 +188,37 @@ def build_runner(
 ) -> Any:
     """A runner for the Detector (see the module docstring); arguments as :class:`Detector`'s.
 
-    ``precision`` (:mod:`.precision`): ``bf16`` runs the PyTorch runner in bfloat16, ``int8`` the
-    onnxruntime runner on a file quantised with the ``calibration`` images (a folder; cached by the
-    weights, the export settings and the images' content), ``auto`` decides per CPU.
+    ``precision`` (:mod:`.precision`): ``bf16`` runs the export in OpenVINO's bf16 mode (``--backend torch``:
+    the PyTorch runner in bfloat16), ``int8`` the onnxruntime runner on a file quantised with the
+    ``calibration`` images (a folder; cached by the weights, the export settings and the images' content),
+    ``auto`` decides per CPU (measuring bf16 once where the CPU has it).
     """
+    from .ov_runtime import openvino_available
     from .precision import check_precision, resolve_precision
 
     check_precision(precision)
+    if backend is not None:
+        check_backend(backend)
     if is_onnx_file(weights) or onnx_path is not None:
-        if precision not in ("auto", "fp32"):
-            raise ConfigError(f"--precision {precision} does not apply to an exported file (it runs in the precision "
-                              "it was exported in); quantise with 'efficientdet export --int8 --calibration DIR'")
-        path = onnx_path if onnx_path is not None else weights
+        path = Path(onnx_path if onnx_path is not None else weights)
+        if precision == "int8":
+            raise ConfigError("--precision int8 does not apply to an exported file (it runs in the precision it was "
+                              "exported in); quantise with 'efficientdet export --int8 --calibration DIR'")
         if str(device) != "cpu" or image_size is not None:
-            raise ConfigError(f"{path}: an exported ONNX file runs in onnxruntime on the CPU at its exported size; "
+            raise ConfigError(f"{path}: an exported ONNX file runs on the CPU at its exported size; "
                               "drop --device and --image-size")
+        if backend == "torch":
+            raise ConfigError(f"{path}: an exported ONNX file runs in onnxruntime or OpenVINO; drop --backend torch")
         check_backend("onnxruntime")
-        runner = OnnxRunner(path, threads)
+        if precision == "bf16" and backend == "onnxruntime":
+            raise ConfigError("--precision bf16 runs in OpenVINO (onnxruntime has no bf16 CPU kernels); "
+                              "use --backend openvino or auto")
+        if precision == "bf16":
+            check_backend("openvino")
+        engine, prec = ("onnxruntime", "fp32")
+        if path.is_file():
+            engine, prec = _engine_for(path, backend, precision, "fp32" if precision == "auto" else precision, threads)
+        runner = OnnxRunner(path, threads, engine, prec)
         if model is not None and not isinstance(model, str | Path):
             raise ConfigError(f"{path}: pass either a model or an exported file")
         if isinstance(model, str):
@@ -172,34 +229,46 @@ def build_runner(
         return runner
     if calibration is not None and precision in ("fp32", "bf16"):
         raise ConfigError(f"--calibration is for --precision int8 or auto, not {precision}; drop one of them")
-    requested, precision = precision, resolve_precision(precision, device, calibration)
-    if requested == "auto" and (backend, precision) in (("torch", "int8"), ("onnxruntime", "bf16")):
+    requested, wanted_backend = precision, backend
+    precision = resolve_precision(precision, device, calibration)
+    if requested == "auto" and backend in ("torch", "openvino") and precision == "int8":
         precision = "fp32"  # the backend asked for cannot run the automatic choice: float32 there
     if backend is None:  # not chosen: PyTorch, or what the precision needs
         backend = "onnxruntime" if precision == "int8" else "torch"
+    live = not (model is None or isinstance(model, str | Path))
     if precision == "int8":
-        if backend == "torch":
-            raise ConfigError("--precision int8 runs in onnxruntime; drop --backend torch")
+        if backend in ("torch", "openvino"):
+            raise ConfigError(f"--precision int8 runs in onnxruntime; drop --backend {backend}")
         backend = "onnxruntime"
     elif precision == "bf16":
         if backend == "onnxruntime":
-            raise ConfigError("--precision bf16 runs in PyTorch (oneDNN bf16 kernels); use --backend torch or auto")
-        backend = "torch"
+            raise ConfigError("--precision bf16 runs in OpenVINO or PyTorch (onnxruntime has no bf16 CPU kernels); "
+                              "use --backend auto, openvino or torch")
+        if backend == "auto":
+            backend = "openvino" if str(device) == "cpu" and not live and openvino_available() else "torch"
     backend = resolve_backend(backend, model, device)
     calib_files: list[Path] = []
     if precision == "int8":
         from .quantize import calibration_files, calibration_key
 
         calib_files = calibration_files(calibration)
-    if backend == "onnxruntime":
+
+    def file_runner(path: Path) -> OnnxRunner:
+        engine, prec = _engine_for(path, wanted_backend if backend != "openvino" else "openvino", requested,
+                                   precision, threads)
+        return OnnxRunner(path, threads, engine, prec)
+
+    if backend in ("onnxruntime", "openvino"):
         if str(device) != "cpu":
-            raise ConfigError("--backend onnxruntime runs on the CPU here; use --device cpu or --backend torch")
+            raise ConfigError(f"--backend {backend} runs on the CPU here; use --device cpu or --backend torch")
+        if live and backend == "openvino":
+            raise ConfigError("--backend openvino runs exported files; pass a model name and --weights, not a model")
         settings = settings or PostprocessConfig()
         key = request_key(model, weights, image_size, num_classes, settings, batch, 17)
         if key is not None and calib_files:
             key = f"{key}-int8-{calibration_key(calib_files)}"
         if key is not None and cached_path(key, weights, batch).is_file():  # a second run: no PyTorch needed
-            return OnnxRunner(cached_path(key, weights, batch), threads)
+            return file_runner(cached_path(key, weights, batch))
     import torch
 
     from ..factory import create_model
@@ -218,16 +287,15 @@ def build_runner(
     if key is not None:
         target = cached_path(key, weights, batch)
         if calib_files:
-            return OnnxRunner(quantize_to_cache(net.eval(), target, settings, batch, calib_files), threads)
-        return OnnxRunner(export_to_cache(net.eval(), target, settings, batch), threads)
+            return file_runner(quantize_to_cache(net.eval(), target, settings, batch, calib_files))
+        return file_runner(export_to_cache(net.eval(), target, settings, batch))
     import shutil
     import tempfile
 
     folder = Path(tempfile.mkdtemp(prefix="efficientdet-onnx-"))  # random weights or a live model: not cached
     try:
         if calib_files:
-            return OnnxRunner(quantize_to_cache(net.eval(), folder / "model.onnx", settings, batch, calib_files),
-                              threads)
-        return OnnxRunner(export_to_cache(net.eval(), folder / "model.onnx", settings, batch), threads)
+            return file_runner(quantize_to_cache(net.eval(), folder / "model.onnx", settings, batch, calib_files))
+        return file_runner(export_to_cache(net.eval(), folder / "model.onnx", settings, batch))
     finally:  # the session holds the graph in memory
         shutil.rmtree(folder, ignore_errors=True)
