@@ -1,11 +1,14 @@
 """Segmentation quality against a peer, same budget: our D0-seg vs torchvision's LR-ASPP MobileNetV3-Large.
 
-Both networks start from random weights (no ImageNet, no COCO), see the same synthetic VOC-layout data
-set (``efficientdet synth --task segment``), the same augmentation (our ``TrainTransform``: flip, scale
-jitter, crop, 255 padding), the same optimiser and schedule (AdamW, 1 warm-up epoch, cosine), batch,
-input size and epochs, and are scored by the same code (:func:`efficientdet.eval.segmentation.evaluate_segmentation`:
-one confusion matrix at each image's original resolution, 255 ignored). FLOPs (multiply-adds, batch 1)
-are counted with PyTorch's flop counter for both at the training input size.
+Both networks start from random weights (no ImageNet, no COCO), see the same VOC-layout data set
+(``--kind synth``: ``efficientdet synth --task segment``, 4 flat shapes on smooth backgrounds;
+``--kind photos``: 10 textured shape classes from 10 px to half the image on cluttered scikit-image
+photographs, the segmentation twin of ``bench/recipes.py``'s ``photos`` detection set), the same
+augmentation (our ``TrainTransform``: flip, scale jitter, crop, 255 padding), the same optimiser and
+schedule (AdamW, 1 warm-up epoch, cosine), batch, input size and epochs, and are scored by the same
+code (:func:`efficientdet.eval.segmentation.evaluate_segmentation`: one confusion matrix at each
+image's original resolution, 255 ignored). FLOPs (multiply-adds, batch 1) are counted with PyTorch's
+flop counter for both at the training input size.
 
     .venv/bin/python bench/segmentation.py [--num-train 600 --num-val 100 --epochs 10 --batch 8 --size 256]
 
@@ -23,6 +26,70 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+
+
+def make_photo_segmentation(root: str | Path, num_train: int, num_val: int, seed: int = 0) -> dict[str, Path]:
+    """A VOC-layout set (``JPEGImages``, ``SegmentationClass`` palette PNGs, ``ImageSets/Segmentation``,
+    ``labels.txt``): 1-6 textured, outlined shapes of 10 classes (10 px to half the short side, later ones
+    on top) on crops of scikit-image photographs; class i + 1 inside shape i, 0 elsewhere (outlines too)."""
+    import sys
+
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFilter
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from recipes import CLASSES, _backgrounds, _shape_polygon
+
+    from efficientdet.masks import save_palette_mask
+
+    root = Path(root)
+    if (root / "ImageSets" / "Segmentation" / "val.txt").is_file():
+        return {"root": root}
+    images, masks, lists = root / "JPEGImages", root / "SegmentationClass", root / "ImageSets" / "Segmentation"
+    for d in (images, masks, lists):
+        d.mkdir(parents=True, exist_ok=True)
+    bgs = _backgrounds()
+    for split, (count, offset) in enumerate(((num_train, 0), (num_val, num_train))):
+        ids = []
+        for i in range(count):
+            rng = np.random.default_rng([seed, split, i, 11])
+            bg = bgs[int(rng.integers(len(bgs)))]
+            w, h = int(rng.integers(256, 385)), int(rng.integers(224, 385))
+            scale = rng.uniform(max(w / bg.shape[1], h / bg.shape[0]), max(1.0, 1.5 * max(w / bg.shape[1],
+                                                                                          h / bg.shape[0])))
+            big = np.asarray(Image.fromarray(bg).resize((max(w, int(bg.shape[1] * scale)),
+                                                         max(h, int(bg.shape[0] * scale))), Image.BILINEAR))
+            y0, x0 = int(rng.integers(0, big.shape[0] - h + 1)), int(rng.integers(0, big.shape[1] - w + 1))
+            canvas = big[y0:y0 + h, x0:x0 + w].astype(np.float64).copy()
+            label = np.zeros((h, w), np.uint8)
+            for _ in range(int(rng.integers(1, 7))):
+                k = int(rng.integers(len(CLASSES)))
+                r = math.exp(rng.uniform(math.log(10), math.log(0.5 * min(w, h)))) / 2
+                cx, cy = rng.uniform(r, w - r), rng.uniform(r, h - r)
+                shape = Image.new("L", (w, h), 0)
+                draw = ImageDraw.Draw(shape)
+                if CLASSES[k] in ("circle", "ring"):
+                    draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
+                    if CLASSES[k] == "ring":
+                        draw.ellipse((cx - r * 0.55, cy - r * 0.55, cx + r * 0.55, cy + r * 0.55), fill=0)
+                else:
+                    draw.polygon(_shape_polygon(CLASSES[k], cx, cy, r, rng.uniform(-0.3, 0.3)), fill=255)
+                inside = np.asarray(shape) > 0
+                if inside.sum() < 12:
+                    continue
+                canvas[inside] = np.clip(rng.uniform(30, 255, 3) + rng.normal(0, rng.uniform(5, 30), (h, w, 1))[inside],
+                                         0, 255)
+                edge = (np.asarray(shape.filter(ImageFilter.MaxFilter(3))) > 0) & ~inside
+                canvas[edge] = canvas[edge] * 0.4
+                label[inside] = k + 1
+                label[edge] = 0
+            stem = f"{offset + i:05d}"
+            Image.fromarray(canvas.clip(0, 255).astype(np.uint8)).save(images / f"{stem}.jpg", quality=92)
+            save_palette_mask(label, masks / f"{stem}.png")
+            ids.append(stem)
+        (lists / ("train.txt" if split == 0 else "val.txt")).write_text("".join(f"{s}\n" for s in ids))
+    (root / "labels.txt").write_text("".join(f"{n}\n" for n in ("background", *CLASSES)), encoding="utf-8")
+    return {"root": root}
 
 
 def cpu_name() -> str:
@@ -112,7 +179,9 @@ def train_and_eval(name: str, model: nn.Module, train_data, val_data, args, lr: 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default="bench_out/seg_synth", help="where the synthetic set is written")
+    p.add_argument("--data", default=None, help="where the data set is written (default bench_out/seg_KIND)")
+    p.add_argument("--kind", choices=("synth", "photos"), default="synth",
+                   help="synth: efficientdet synth --task segment; photos: 10 textured classes on photographs")
     p.add_argument("--num-train", type=int, default=600)
     p.add_argument("--num-val", type=int, default=100)
     p.add_argument("--epochs", type=int, default=10)
@@ -137,11 +206,16 @@ def main() -> None:
     from efficientdet.data.segmentation import read_segmentation
     from efficientdet.data.synth_seg import make_synthetic_segmentation
 
-    paths = make_synthetic_segmentation(args.data, num_train=args.num_train, num_val=args.num_val, seed=args.seed)
+    data = args.data or f"bench_out/seg_{args.kind}"
+    if args.kind == "photos":
+        paths = make_photo_segmentation(data, args.num_train, args.num_val, args.seed)
+    else:
+        paths = make_synthetic_segmentation(data, num_train=args.num_train, num_val=args.num_val, seed=args.seed)
     train_data = read_segmentation(None, paths["root"], split="train")
     val_data = read_segmentation(None, paths["root"], split="val")
     k = train_data.num_classes
     result: dict = {"cpu": cpu_name(), "threads": args.threads, "torch": torch.__version__,
+                    "data": args.kind,
                     "budget": {k2: getattr(args, k2) for k2 in ("num_train", "num_val", "epochs", "batch", "size",
                                                                  "lr", "weight_decay", "scale_min", "scale_max",
                                                                  "ours_drop_path")},

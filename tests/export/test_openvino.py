@@ -160,6 +160,10 @@ def test_backend_openvino_and_bf16_on_the_command_line(tmp_path, ov_checkpoint, 
     assert main(["export", "--weights", str(ov_checkpoint), "--out", str(out)]) == 0
     det = Detector(weights=out, precision="bf16")
     assert (det.runner.engine, det.runner.precision) == ("openvino", "bf16")
+    from efficientdet.deploy import OnnxModel
+
+    assert (OnnxModel(out, precision="bf16").runner.engine, OnnxModel(out).runner.engine) == ("openvino",
+                                                                                              "onnxruntime")
     with pytest.raises(ConfigError, match="drop --backend torch"):
         Detector(weights=out, backend="torch")
 
