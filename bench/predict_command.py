@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=18)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="effdet's PyTorch threads (ours: the default)")
+    parser.add_argument("--extra", default="", help="options added to ours' command, e.g. '--precision fp32'")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     import numpy as np
@@ -61,7 +62,7 @@ def main() -> None:
     def ours(n: int) -> float:
         out = tmp / f"out{n}"
         cmd = [sys.executable, "-m", "efficientdet", "predict", str(folders[n]), "--model", "d0", "--weights",
-               str(weights), "--out", str(out)]
+               str(weights), "--out", str(out), *args.extra.split()]
         t0 = time.perf_counter()
         subprocess.run(cmd, env=env, check=True, capture_output=True)
         return time.perf_counter() - t0

@@ -125,6 +125,18 @@ def test_auto_runs_bf16_in_openvino_only_where_measured_faster(tmp_path, ov_chec
     _remember(path, 1, True)
     fast = Detector(weights=ov_checkpoint, backend="auto", precision="auto", threads=1, score_threshold=0.3)
     assert (fast.runner.engine, fast.runner.precision) == ("openvino", "bf16") and fast.runner.path == path
+    # a second start on this path needs no PyTorch (the export is cached, the measurement remembered)
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; from efficientdet.inference import precision as p; p.cpu_info = lambda: p.CpuInfo("
+            f"{ZEN4.name!r}, frozenset({sorted(ZEN4.flags)!r}))\n"
+            "from efficientdet import Detector\n"
+            f"d = Detector(weights={str(ov_checkpoint)!r}, backend='auto', precision='auto', threads=1, score_threshold=0.3)\n"
+            "print(d.runner.engine, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ))
+    assert done.stdout.split() == ["openvino", "False"], done.stderr[-2000:]
     a, b = ref(photo_files[0])[0], fast(photo_files[0])[0]
     assert len(a) > 0 and abs(len(a) - len(b)) <= 1
     assert abs(float(a.scores.max()) - float(b.scores.max())) < 0.05

@@ -143,14 +143,15 @@ def check_backend(backend: str) -> str:
 
 
 def _is_int8_file(path: Path) -> bool:
-    if "-int8-" in path.name:  # the int8 exports of the cache
-        return True
-    from .onnx_export import read_onnx_metadata
+    if path.parent == onnx_cache_dir():  # the cache names its int8 exports
+        return "-int8-" in path.name
+    import onnx  # not .onnx_export: that imports PyTorch
 
     try:
-        return read_onnx_metadata(path).get("precision") == "int8"
+        proto = onnx.load(str(path), load_external_data=False)
     except Exception:  # unreadable: OnnxRunner reports it
         return False
+    return any(p.key == "precision" and p.value == "int8" for p in proto.metadata_props)
 
 
 def _engine_for(path: Path, backend: str | None, requested: str, precision: str, threads: int | None
