@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .inference.detector import Detector
-from .inference.onnxrt import OnnxRunner, is_onnx_file, make_session, run_in_fixed_batches
+from .inference.onnxrt import is_onnx_file, make_session, run_in_fixed_batches
 from .inference.seg_onnxrt import OnnxSegmenter  # segmentation exports: (H, W) masks, also without PyTorch
 
 
