@@ -133,7 +133,8 @@ def test_auto_runs_bf16_in_openvino_only_where_measured_faster(tmp_path, ov_chec
     code = ("import sys; from efficientdet.inference import precision as p; p.cpu_info = lambda: p.CpuInfo("
             f"{ZEN4.name!r}, frozenset({sorted(ZEN4.flags)!r}))\n"
             "from efficientdet import Detector\n"
-            f"d = Detector(weights={str(ov_checkpoint)!r}, backend='auto', precision='auto', threads=1, score_threshold=0.3)\n"
+            f"d = Detector(weights={str(ov_checkpoint)!r}, backend='auto', precision='auto', threads=1, "
+            "score_threshold=0.3)\n"
             "print(d.runner.engine, 'torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ))
     assert done.stdout.split() == ["openvino", "False"], done.stderr[-2000:]
