@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -119,6 +120,7 @@ class OpenVinoSession:
                            for name in self._overridable})
         self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
+        self._lock = threading.Lock()  # one infer request: callers from several threads take turns
         # a port has several tensor names (OpenVINO may add its own); the ONNX graph's input name is the one fed
         wanted = {"images", *self._overridable}
         self._inputs = [SimpleNamespace(name=_port_name(p, wanted),
@@ -140,9 +142,10 @@ class OpenVinoSession:
     def run(self, names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Outputs ``names`` (all when ``None``) for ``feeds``; copies, since the request reuses its buffers."""
         known = {i.name for i in self._inputs}
-        result = self.request.infer({k: v for k, v in feeds.items() if k in known})
         names = [p.get_any_name() for p in self.compiled.outputs] if names is None else names
-        return [np.array(result[self._outputs[n]]) for n in names]
+        with self._lock:
+            result = self.request.infer({k: v for k, v in feeds.items() if k in known})
+            return [np.array(result[self._outputs[n]]) for n in names]
 
 
 #: bf16 is chosen by ``auto`` when its median network time is below this fraction of float32 onnxruntime's
