@@ -115,6 +115,17 @@ def _draw_object(canvas: np.ndarray, rng: np.random.Generator, k: int, size: flo
     return [float(xs.min()), float(ys.min()), float(xs.max() + 1 - xs.min()), float(ys.max() + 1 - ys.min())]
 
 
+def photo_canvas(bgs: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """A float64 (h, w, 3) crop of a randomly scaled background, 256-384 x 224-384 px."""
+    bg = bgs[int(rng.integers(len(bgs)))]
+    w, h = int(rng.integers(256, 385)), int(rng.integers(224, 385))
+    scale = rng.uniform(max(w / bg.shape[1], h / bg.shape[0]), max(1.0, 1.5 * max(w / bg.shape[1], h / bg.shape[0])))
+    big = np.asarray(Image.fromarray(bg).resize((max(w, int(bg.shape[1] * scale)), max(h, int(bg.shape[0] * scale))),
+                                                Image.BILINEAR))
+    y0, x0 = int(rng.integers(0, big.shape[0] - h + 1)), int(rng.integers(0, big.shape[1] - w + 1))
+    return big[y0:y0 + h, x0:x0 + w].astype(np.float64).copy()
+
+
 def make_photo_dataset(root: Path, num_train: int, num_val: int, seed: int = 0, few: int = 0) -> dict[str, Path]:
     """``photos`` (few=0) or ``few`` (few=N: N training images per class, one class per image)."""
     bgs = _backgrounds()
@@ -125,14 +136,8 @@ def make_photo_dataset(root: Path, num_train: int, num_val: int, seed: int = 0, 
         img_dir.mkdir(parents=True, exist_ok=True)
         images, anns = [], []
         for i in range(count):
-            bg = bgs[int(rng.integers(len(bgs)))]
-            w, h = int(rng.integers(256, 385)), int(rng.integers(224, 385))
-            scale = rng.uniform(max(w / bg.shape[1], h / bg.shape[0]), max(1.0, 1.5 * max(w / bg.shape[1],
-                                                                                          h / bg.shape[0])))
-            big = np.asarray(Image.fromarray(bg).resize((max(w, int(bg.shape[1] * scale)),
-                                                         max(h, int(bg.shape[0] * scale))), Image.BILINEAR))
-            y0, x0 = int(rng.integers(0, big.shape[0] - h + 1)), int(rng.integers(0, big.shape[1] - w + 1))
-            canvas = big[y0:y0 + h, x0:x0 + w].astype(np.float64).copy()
+            canvas = photo_canvas(bgs, rng)
+            h, w = canvas.shape[:2]
             n = int(rng.integers(1, 7)) if not few or split == "val" else int(rng.integers(1, 4))
             klass = i % len(CLASSES)
             for _ in range(n):

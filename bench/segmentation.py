@@ -38,7 +38,7 @@ def make_photo_segmentation(root: str | Path, num_train: int, num_val: int, seed
     from PIL import Image, ImageDraw, ImageFilter
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from recipes import CLASSES, _backgrounds, _shape_polygon
+    from recipes import CLASSES, _backgrounds, _shape_polygon, photo_canvas
 
     from efficientdet.masks import save_palette_mask
 
@@ -53,14 +53,8 @@ def make_photo_segmentation(root: str | Path, num_train: int, num_val: int, seed
         ids = []
         for i in range(count):
             rng = np.random.default_rng([seed, split, i, 11])
-            bg = bgs[int(rng.integers(len(bgs)))]
-            w, h = int(rng.integers(256, 385)), int(rng.integers(224, 385))
-            scale = rng.uniform(max(w / bg.shape[1], h / bg.shape[0]), max(1.0, 1.5 * max(w / bg.shape[1],
-                                                                                          h / bg.shape[0])))
-            big = np.asarray(Image.fromarray(bg).resize((max(w, int(bg.shape[1] * scale)),
-                                                         max(h, int(bg.shape[0] * scale))), Image.BILINEAR))
-            y0, x0 = int(rng.integers(0, big.shape[0] - h + 1)), int(rng.integers(0, big.shape[1] - w + 1))
-            canvas = big[y0:y0 + h, x0:x0 + w].astype(np.float64).copy()
+            canvas = photo_canvas(bgs, rng)
+            h, w = canvas.shape[:2]
             label = np.zeros((h, w), np.uint8)
             for _ in range(int(rng.integers(1, 7))):
                 k = int(rng.integers(len(CLASSES)))
