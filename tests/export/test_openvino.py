@@ -10,11 +10,12 @@ import pytest
 from efficientdet import Detector
 from efficientdet.cli import main
 from efficientdet.errors import ConfigError
-from efficientdet.inference import ov_runtime, precision
+from efficientdet.inference import bf16_probe, ov_runtime, precision
+from efficientdet.inference.bf16_probe import bf16_measured_faster
 from efficientdet.inference.config import PostprocessConfig
 from efficientdet.inference.onnx_export import export_onnx
 from efficientdet.inference.onnxrt import make_session
-from efficientdet.inference.ov_runtime import OpenVinoSession, bf16_measured_faster
+from efficientdet.inference.ov_runtime import OpenVinoSession
 from efficientdet.inference.precision import CpuInfo
 from efficientdet.inference.select import export_to_cache
 
@@ -91,7 +92,7 @@ def test_the_bf16_probe_measures_once_and_remembers(tmp_path, ov_model, make_tin
     assert len(memo) == 1
     record = json.loads(memo[0].read_text())
     assert record["bf16"] == answer and record["ms"]["fp32"] > 0 and record["ms"]["bf16"] > 0
-    assert answer == (record["ms"]["bf16"] < ov_runtime.PROBE_MARGIN * record["ms"]["fp32"])
+    assert answer == (record["ms"]["bf16"] < bf16_probe.PROBE_MARGIN * record["ms"]["fp32"])
     memo[0].write_text(json.dumps({"bf16": not answer}))  # a remembered answer is read, not re-measured
     assert bf16_measured_faster(raw, 1) is (not answer)
     assert bf16_measured_faster(raw, 2) == json.loads(  # other threads: measured anew
@@ -104,12 +105,12 @@ def test_a_graph_openvino_cannot_compile_is_not_faster(tmp_path, make_tiny_model
     with pytest.raises(ValueError, match="OpenVINO needs at least 192 px"):
         OpenVinoSession(small, 1, "bf16")
     assert bf16_measured_faster(small, 1) is False
-    record = json.loads(ov_runtime._probe_path(small, 1).read_text())
+    record = json.loads(bf16_probe.probe_path(small, 1).read_text())
     assert record["bf16"] is False and record["error"]
 
 
 def _remember(path, threads, faster: bool) -> None:
-    memo = ov_runtime._probe_path(path, threads)
+    memo = bf16_probe.probe_path(path, threads)
     memo.parent.mkdir(parents=True, exist_ok=True)
     memo.write_text(json.dumps({"bf16": faster}))
 

@@ -8,7 +8,9 @@ threshold that prediction (``predict``, ``Detector``, the service) uses by defau
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import ConfigError
 
@@ -43,3 +45,10 @@ PREDICT = PostprocessConfig(score_threshold=0.25)
 
 #: the evaluation defaults, for signatures that spell the settings out one by one
 DEFAULTS = PostprocessConfig()
+
+
+def cache_root() -> Path:
+    """Where inference keeps what it derives from weights (exports, compiled models, measurements):
+    ``$EFFICIENTDET_CACHE`` or ``~/.cache/efficientdet``."""
+    root = os.environ.get("EFFICIENTDET_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "efficientdet"

@@ -155,8 +155,7 @@ def export_onnx(
 
 
 def read_onnx_metadata(path: str | Path) -> dict[str, str]:
-    """``metadata_props`` of an ONNX file as a dict (values are strings; JSON for structured ones)."""
-    import onnx
+    """``metadata_props`` of an ONNX file as a dict (see :func:`.onnxrt.onnx_metadata`)."""
+    from .onnxrt import onnx_metadata
 
-    proto = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in proto.metadata_props}
+    return onnx_metadata(path)

@@ -40,6 +40,15 @@ def make_session(path: str | Path, threads: int | None = None) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def onnx_metadata(path: str | Path) -> dict[str, str]:
+    """``metadata_props`` of an ONNX file as a dict (values are strings; JSON for structured ones), read with
+    ``onnx`` without PyTorch and without the weights of external-data files."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}
+
+
 def run_in_fixed_batches(session: Any, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """``session.run`` for any number of images when the file has a fixed batch size.
 

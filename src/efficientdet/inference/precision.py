@@ -10,7 +10,7 @@
 - ``auto``: ``int8`` when calibration images are given and the CPU has int8 dot-product
   instructions (VNNI or AMX-int8) and :data:`MEASURED` says int8 was faster on its class; else
   ``bf16`` in OpenVINO when the CPU has bf16 instructions and the network measured faster in it
-  than in float32 onnxruntime *on this CPU* (:func:`.ov_runtime.bf16_measured_faster`: timed once per
+  than in float32 onnxruntime *on this CPU* (:func:`.bf16_probe.bf16_measured_faster`: timed once per
   file and CPU, remembered in the cache); else ``fp32``. A reduced precision is never picked where it
   was not measured faster.
 
@@ -85,7 +85,7 @@ def cpu_info(path: str = "/proc/cpuinfo") -> CpuInfo:
 #: Whether int8 (onnxruntime QDQ, :mod:`.quantize`) measured faster than the float32 default path, network
 #: alone, D0 512, batch 1, per CPU class (BENCHMARKS.md "Precision"). ``True``: ``auto`` picks int8 there when
 #: calibration images are given. (bf16 is not in the table: it is measured on the machine itself, see
-#: :func:`efficientdet.inference.ov_runtime.bf16_measured_faster`.)
+#: :func:`efficientdet.inference.bf16_probe.bf16_measured_faster`.)
 MEASURED: dict[str, dict[str, bool]] = {
     # AMD EPYC (Zen 4), avx512_bf16 + avx512_vnni, no AMX: int8 0.62-0.74x float32 onnxruntime (quiet machine,
     # 2 threads; 0.65x under load); OpenVINO bf16 0.68x there, PyTorch bf16 0.90x

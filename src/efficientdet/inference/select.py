@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .config import PostprocessConfig
+from .config import PostprocessConfig, cache_root
 from .onnxrt import OnnxRunner, is_onnx_file
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
@@ -35,9 +35,7 @@ GRAPH_FORMAT = "v4"
 
 def onnx_cache_dir() -> Path:
     """Where the onnxruntime backend keeps its exports."""
-    root = os.environ.get("EFFICIENTDET_CACHE")
-    base = Path(root) if root else Path.home() / ".cache" / "efficientdet"
-    return base / "onnx"
+    return cache_root() / "onnx"
 
 
 def _export_settings(settings: PostprocessConfig) -> dict[str, Any]:
@@ -145,13 +143,12 @@ def check_backend(backend: str) -> str:
 def _is_int8_file(path: Path) -> bool:
     if path.parent == onnx_cache_dir():  # the cache names its int8 exports
         return "-int8-" in path.name
-    import onnx  # not .onnx_export: that imports PyTorch
+    from .onnxrt import onnx_metadata
 
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        return onnx_metadata(path).get("precision") == "int8"
     except Exception:  # unreadable: OnnxRunner reports it
         return False
-    return any(p.key == "precision" and p.value == "int8" for p in proto.metadata_props)
 
 
 def _engine_for(path: Path, backend: str | None, requested: str, precision: str, threads: int | None
@@ -160,7 +157,8 @@ def _engine_for(path: Path, backend: str | None, requested: str, precision: str,
     ``--precision auto`` and ``--backend auto``, OpenVINO bf16 where the CPU has bf16 units and the file's
     network measured faster in it than in onnxruntime float32 (once per file and CPU, then remembered);
     else onnxruntime."""
-    from .ov_runtime import bf16_measured_faster, openvino_available
+    from .bf16_probe import bf16_measured_faster
+    from .ov_runtime import openvino_available
     from .precision import bf16_capable
 
     if backend == "openvino" or precision == "bf16":

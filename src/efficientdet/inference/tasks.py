@@ -93,14 +93,12 @@ def load_segmenter(weights: str | Path, model: str | None = None, device: str = 
 
 def _onnx_outputs(path: str | Path) -> str | None:
     """The ``outputs`` metadata entry of an exported file (``seg``, ``nms``, ``raw``), read with ``onnx``."""
-    import onnx
-
     from ..errors import WeightsError
+    from .onnxrt import onnx_metadata
 
     if not Path(path).is_file():
         raise WeightsError(f"{path}: no such file; export one with 'efficientdet export'")
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        return onnx_metadata(path).get("outputs")
     except Exception as exc:  # onnx raises its own (protobuf) errors
         raise WeightsError(f"{path}: not a loadable ONNX model ({type(exc).__name__})") from None
-    return {p.key: p.value for p in proto.metadata_props}.get("outputs")
