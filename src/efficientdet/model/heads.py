@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .layers import SeparableConv, activation, batch_norm
+from .layers import SeparableConv, activation, batch_norm, variance_scaling_
 from .norm_act import batch_norm_silu
 
 PRIOR_PROBABILITY = 0.01
@@ -46,10 +46,17 @@ class Head(nn.Module):
 
 
 def init_head(head: Head, prior_bias: bool) -> None:
-    """Normal(0, 0.01) conv weights; class predictor bias = -log((1 - π) / π), π = 0.01."""
+    """Variance-scaling conv weights (depthwise and pointwise, as the official separable heads); zero
+    biases; class predictor bias = -log((1 - π) / π), π = 0.01.
+
+    Not Normal(0, 0.01), the rule for plain-conv heads: in a separable conv that makes the depthwise and
+    the pointwise weights both tiny, so the predictor's output and gradients start near 0 and, with BN
+    after the hidden layers, Adam's steps of ~lr are as large as the weights themselves. Measured on the
+    demo set (BENCHMARKS.md): the class logits then never separate the classes.
+    """
     for m in head.modules():
         if isinstance(m, nn.Conv2d):
-            nn.init.normal_(m.weight, std=0.01)
+            variance_scaling_(m)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
     if prior_bias:
@@ -76,5 +83,5 @@ def reset_class_head(head: Head, num_anchors: int, num_classes: int) -> None:
     channels = old.pw.in_channels
     head.predict = SeparableConv(channels, num_anchors * num_classes, bias=True, norm=False).to(old.pw.weight.device)
     head.predict.dw.load_state_dict(old.dw.state_dict())
-    nn.init.normal_(head.predict.pw.weight, std=0.01)
+    variance_scaling_(head.predict.pw)
     nn.init.constant_(head.predict.pw.bias, -math.log((1 - PRIOR_PROBABILITY) / PRIOR_PROBABILITY))

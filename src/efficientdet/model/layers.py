@@ -21,6 +21,16 @@ def activation(name: str) -> nn.Module:
     return {"silu": nn.SiLU, "relu6": nn.ReLU6, "relu": nn.ReLU}[name](inplace=True)
 
 
+def variance_scaling_(conv: nn.Conv2d) -> torch.Tensor:
+    """TF's ``variance_scaling`` initializer (scale 1, fan_in, truncated normal within 2 std) in place:
+    std sqrt(1 / fan_in) with fan_in = all input channels x kernel area, as TF counts a depthwise kernel
+    (kh, kw, C, 1). The official heads initialise both parts of their separable convolutions this way."""
+    w = conv.weight
+    fan_in = max(1, w.shape[1] * conv.groups * w[0][0].numel())
+    std = math.sqrt(1.0 / fan_in) / 0.87962566103423978  # the std of a unit normal truncated at +-2
+    return nn.init.trunc_normal_(w, std=std, a=-2 * std, b=2 * std)
+
+
 class SeparableConv(nn.Module):
     """Depthwise 3x3 (no bias) -> pointwise 1x1 (optional bias) -> optional BN. No activation.
 
