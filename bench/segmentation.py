@@ -124,7 +124,7 @@ def train_and_eval(name: str, model: nn.Module, train_data, val_data, args, lr: 
     from efficientdet.data.segmentation import SegmentationDataset, collate_segmentation
     from efficientdet.data.transforms import TrainTransform
     from efficientdet.eval.segmentation import evaluate_segmentation
-    from efficientdet.loss import segmentation_loss
+    from efficientdet.loss import dice_loss, segmentation_loss
 
     torch.manual_seed(args.seed)
     cfg = model.config
@@ -153,7 +153,10 @@ def train_and_eval(name: str, model: nn.Module, train_data, val_data, args, lr: 
         for images, masks, _ in loader:
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
-            loss = segmentation_loss(model(images.contiguous(memory_format=torch.channels_last)), masks)
+            logits = model(images.contiguous(memory_format=torch.channels_last))
+            loss = segmentation_loss(logits, masks)
+            if args.dice:
+                loss = loss + args.dice * dice_loss(logits, masks)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
@@ -191,6 +194,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dice", type=float, default=0.0, help="weight of a soft Dice loss added to the cross-entropy "
+                   "(both models)")
     p.add_argument("--models", default="ours,peer")
     p.add_argument("--json", default=None)
     args = p.parse_args()
@@ -212,7 +217,7 @@ def main() -> None:
                     "data": args.kind,
                     "budget": {k2: getattr(args, k2) for k2 in ("num_train", "num_val", "epochs", "batch", "size",
                                                                  "lr", "weight_decay", "scale_min", "scale_max",
-                                                                 "ours_drop_path")},
+                                                                 "ours_drop_path", "dice")},
                     "optimizer": "AdamW, 1 warm-up epoch from 0.1x, cosine to 0, clip 10; no EMA; random init"}
     builders = {
         "ours": lambda: create_model("d0_seg", image_size=args.size, seg_class_names=train_data.class_names,

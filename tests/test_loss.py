@@ -200,3 +200,28 @@ def test_hand_written_focal_backward_matches_autograd(label_smoothing):
     ref = dense.sum() / ((cls_targets >= 0).sum() + 1.0)
     (ref_grad,) = torch.autograd.grad(ref, ref_logits)
     torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_dice_loss_by_hand():
+    """Two pixels, two classes, one ignored pixel; eps = 1.
+
+    logits (0, 0) and (ln 3, 0): softmax p = (0.5, 0.5) and (0.75, 0.25); targets 0 and 1 (the third pixel,
+    255, is ignored). Class 0: inter 0.5, sum p 1.25, sum t 1 -> 1 - 2/3.25; class 1: inter 0.25,
+    sum p 0.75, sum t 1 -> 1 - 1.5/2.75. Mean of the two.
+    """
+    import math
+
+    from efficientdet.loss import dice_loss
+
+    logits = torch.tensor([[[[0.0, math.log(3.0), 5.0]], [[0.0, 0.0, -5.0]]]], requires_grad=True)  # (1, 2, 1, 3)
+    masks = torch.tensor([[[0, 1, 255]]])
+    want = ((1 - 2.0 / 3.25) + (1 - 1.5 / 2.75)) / 2
+    got = dice_loss(logits, masks)
+    assert abs(float(got) - want) < 1e-6
+    got.backward()
+    assert float(logits.grad[0, :, 0, 2].abs().max()) == 0.0  # the ignored pixel gets no gradient
+    # a class absent from the targets does not count; everything ignored gives 0 with a gradient path
+    # (class 0 only: inter 0.5 + 0.75, sum p 1.25, sum t 2)
+    assert abs(float(dice_loss(logits, torch.tensor([[[0, 0, 255]]]))) - (1 - (2 * 1.25 + 1) / (1.25 + 2 + 1))) < 1e-6
+    none = dice_loss(logits, torch.full((1, 1, 3), 255))
+    assert float(none) == 0.0 and none.requires_grad

@@ -203,3 +203,25 @@ def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, ignore_index: i
     if not bool((masks != ignore_index).any()):
         return logits.sum() * 0.0
     return F.cross_entropy(logits, masks.long(), ignore_index=ignore_index)
+
+
+def dice_loss(logits: torch.Tensor, masks: torch.Tensor, ignore_index: int = 255, eps: float = 1.0) -> torch.Tensor:
+    """Soft multi-class Dice loss: ``1 - (2 sum(p_k t_k) + eps) / (sum(p_k) + sum(t_k) + eps)`` per class k,
+    with p the softmax and t the one-hot target over the pixels that are not ``ignore_index``, averaged over
+    the classes present in the batch's targets (absent classes would only reward predicting nothing).
+
+    Unlike the pixel mean of cross-entropy it weighs a 10-pixel class as much as the background, which is
+    what mIoU does. ``logits``: (B, K, H, W), computed in float32; ``masks``: (B, H, W) int64.
+    """
+    logits = logits.float()
+    valid = masks != ignore_index
+    if not bool(valid.any()):
+        return logits.sum() * 0.0
+    k = logits.shape[1]
+    probs = logits.softmax(dim=1) * valid[:, None]
+    target = F.one_hot(torch.where(valid, masks, 0).long(), k).permute(0, 3, 1, 2).to(probs.dtype) * valid[:, None]
+    inter = (probs * target).sum(dim=(0, 2, 3))
+    denom = probs.sum(dim=(0, 2, 3)) + target.sum(dim=(0, 2, 3))
+    present = target.sum(dim=(0, 2, 3)) > 0
+    dice = 1.0 - (2.0 * inter + eps) / (denom + eps)
+    return dice[present].mean()
