@@ -79,3 +79,40 @@ def test_eval_with_two_processes_equals_one(tmp_path, setup):
     m1, m2 = json.loads((tmp_path / "m1.json").read_text()), json.loads((tmp_path / "m2.json").read_text())
     assert m1 == m2
     assert run.stdout.count(format_metrics(m1)) == 1  # printed once, by rank 0
+
+
+def _ordered_build(rank: int, world: int, log: str, port: int) -> None:
+    import time
+
+    import torch.distributed as dist
+
+    from efficientdet.inference.sharding import rank_zero_first
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+
+    def build() -> int:
+        with open(log, "a") as f:
+            f.write(f"{rank} start\n")
+        time.sleep(0.5 if rank == 0 else 0.0)  # rank 0 is the slow one: without the barrier rank 1 would start first
+        with open(log, "a") as f:
+            f.write(f"{rank} end\n")
+        return rank
+
+    assert rank_zero_first(rank, world, build) == rank
+    dist.destroy_process_group()
+
+
+def test_rank_zero_builds_first(tmp_path):
+    """Rank 0 exports and measures (the cached file, the bf16 probe's memo) before the other ranks build,
+    so they read its choice instead of measuring on their own."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "order.txt"
+    mp.spawn(_ordered_build, args=(2, str(log), port), nprocs=2, join=True)
+    lines = log.read_text().splitlines()
+    assert lines == ["0 start", "0 end", "1 start", "1 end"]

@@ -75,8 +75,9 @@ def run(args: argparse.Namespace) -> int:
         rank, world = sharding.join(args.device)  # under torchrun: this process's slice of the images
         if data.report.counts and rank == 0:
             print(data.report.summary(), file=sys.stderr)
-        detector = make_detector(args, threads=sharding.threads_per_process(), score_threshold=DEFAULTS.score_threshold,
-                                 max_det=DEFAULTS.max_det, soft_nms=args.soft_nms or None)
+        detector = sharding.rank_zero_first(rank, world, lambda: make_detector(
+            args, threads=sharding.threads_per_process(), score_threshold=DEFAULTS.score_threshold,
+            max_det=DEFAULTS.max_det, soft_nms=args.soft_nms or None))
         detector = tiled(detector, args, DEFAULTS.max_det)
         if world > 1:
             from ..eval.coco import evaluate_detections

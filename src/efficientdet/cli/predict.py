@@ -112,9 +112,9 @@ def run(args: argparse.Namespace) -> int:
     if rank:
         videos = []  # videos run whole, on rank 0
     threshold = min(args.score_threshold, TRACK_LOW) if args.track else args.score_threshold
-    detector = make_detector(args, threads=sharding.threads_per_process(), score_threshold=threshold,
-                             iou_threshold=args.iou,
-                             max_det=args.max_det, soft_nms=args.soft_nms or None)
+    detector = sharding.rank_zero_first(rank, world, lambda: make_detector(
+        args, threads=sharding.threads_per_process(), score_threshold=threshold, iou_threshold=args.iou,
+        max_det=args.max_det, soft_nms=args.soft_nms or None))
     seg_names = detector.seg_class_names  # a joint model's segmentation classes
     detector = tiled(detector, args, args.max_det)
     out_dir = Path(args.out) if args.out else None

@@ -15,7 +15,7 @@ to its share of the machine's cores (:func:`threads_per_process`). Annotated ima
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -63,6 +63,25 @@ def leave(world: int) -> None:
 
     dist.barrier()
     dist.destroy_process_group()
+
+
+def rank_zero_first(rank: int, world: int, build: Callable[[], T]) -> T:
+    """``build()`` on rank 0 first, then on the other ranks (a barrier between; just ``build()`` in one process).
+
+    Rank 0 writes the cached ONNX export and, with ``--precision auto``, measures and remembers the engine
+    (:mod:`.bf16_probe`); the other ranks then read both instead of exporting the same file at the same time
+    or measuring on their own, so every process runs the same engine and precision (on one node; with
+    several nodes, the cache folder, ``$EFFICIENTDET_CACHE``, should be shared too)."""
+    if world <= 1:
+        return build()
+    import torch.distributed as dist
+
+    if rank == 0:
+        built = build()
+        dist.barrier()
+        return built
+    dist.barrier()
+    return build()
 
 
 def threads_per_process() -> int | None:
