@@ -92,6 +92,7 @@ def test_model_info_health_readiness_and_metrics(serve, tiny_weights):
     with serve(max_batch=4) as url:
         info = httpx.get(f"{url}/v1/model").json()
         assert info["model"] == "efficientdet_d0" and info["input_size"] == 128 and info["backend"] == "torch"
+        assert (info["engine"], info["precision"]) == ("torch", "fp32")
         assert info["classes"] == [{"id": i, "name": n} for i, n in zip(IDS, NAMES)]
         assert info["weights"] == str(tiny_weights) and info["max_batch"] == 4 and info["segmentation"] is False
         assert info["task"] == "detect" and info["seg_classes"] == []
@@ -201,6 +202,7 @@ def test_an_exported_nms_onnx_file_serves_what_predict_gives(serve, tiny_weights
     detector = build_detector(str(onnx_file))
     with serve(detector=detector) as url:
         info = httpx.get(f"{url}/v1/model").json()
+        assert (info["engine"], info["precision"]) == ("onnxruntime", "fp32")  # a 128 px file stays in onnxruntime
         assert info["backend"] == "onnxruntime" and info["options"] == {
             "score_threshold_min": 0.1, "max_det_max": 50, "iou_default": 0.5, "iou_fixed": True}
         for path in photo_files:

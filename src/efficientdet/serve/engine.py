@@ -201,8 +201,21 @@ class Engine:
         self.detector([Image.new("RGB", (64, 48), (114, 114, 114))], batch_size=1)
 
     # -- description ----------------------------------------------------------------------------
+    def runtime(self) -> dict[str, str]:
+        """``{"engine", "precision"}`` the model really runs in: ``torch``, ``onnxruntime`` or ``openvino``, and
+        ``fp32``, ``bf16`` or ``int8`` (what ``--backend auto`` / ``--precision auto`` chose on this CPU)."""
+        runner = getattr(self.detector, "runner", None)
+        engine = getattr(runner, "engine", None)
+        if engine is None:  # the PyTorch runner (or a segmenter, which runs in PyTorch or onnxruntime)
+            engine = "onnxruntime" if self.backend == "onnxruntime" else "torch"
+            precision = "bf16" if str(getattr(runner, "dtype", None)) == "torch.bfloat16" else "fp32"
+        else:
+            precision = str(getattr(runner, "precision", "fp32"))
+        return {"engine": str(engine), "precision": precision}
+
     def info(self) -> dict[str, Any]:
-        """What ``GET /v1/model`` answers: variant, task, input size, classes with ids, backend, weights, limits.
+        """What ``GET /v1/model`` answers: variant, task, input size, classes with ids, backend (with the engine and
+        precision it runs in), weights, limits.
 
         ``classes`` are the detection classes (category ids) of a detector or joint model and the segmentation
         classes (id = mask value) of a segmentation-only one; ``seg_classes`` are the segmentation classes of
@@ -227,6 +240,7 @@ class Engine:
             "num_classes": num_classes,
             "seg_classes": seg_classes,
             "backend": self.backend,
+            **self.runtime(),
             "weights": self.weights,
             "segmentation": self.segments,
             "options": options,
