@@ -14,7 +14,8 @@ of them alike; the median over rounds is reported):
 - ``ov_fp32`` / ``ov_bf16`` / ``ov_int8``: OpenVINO (CPU plugin) on the float32 export with a float32 /
   bf16 inference-precision hint, and on ``ort_int8``'s QDQ file;
 - ``ov_nncf``: OpenVINO on the float32 export quantised by NNCF's post-training ``nncf.quantize`` (its own
-  int8 placement for the CPU plugin; needs ``pip install nncf``, not a dependency of the package);
+  int8 placement for the CPU plugin; needs ``pip install nncf``, not a dependency of the package), its
+  float parts in float32 (``ov_nncf``) or bf16 (``ov_nncf_bf16``);
 - ``torch_fp32`` / ``torch_bf16``: the BN-folded, fused PyTorch network in float32 / bfloat16.
 
 Calibration: 8 images of the synthetic data set. Prints the CPU name, its flags that matter, the
@@ -121,10 +122,12 @@ def main() -> None:
                                subset_size=len(samples))
         res["ov_nncf_quantise_s"] = time.perf_counter() - t0
         res["nncf"] = nncf.__version__
-        compiled = ov.Core().compile_model(qmodel, "CPU", {
-            "INFERENCE_NUM_THREADS": args.threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"})
-        req = compiled.create_infer_request()
-        fns["ov_nncf"] = lambda r=req: r.infer({0: x})
+        for name, hint in (("ov_nncf", "f32"), ("ov_nncf_bf16", "bf16")):  # the float islands in f32 / bf16
+            compiled = ov.Core().compile_model(qmodel, "CPU", {
+                "INFERENCE_NUM_THREADS": args.threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+                "INFERENCE_PRECISION_HINT": hint})
+            req = compiled.create_infer_request()
+            fns[name] = lambda r=req: r.infer({0: x})
     xt = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
     for name, dtype in (("torch_fp32", None), ("torch_bf16", torch.bfloat16)):
         if name in wanted:
