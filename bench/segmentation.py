@@ -162,7 +162,7 @@ def train_and_eval(name: str, model: nn.Module, train_data, val_data, args, lr: 
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             opt.step()
             step += 1
-            epoch_loss += float(loss)
+            epoch_loss += float(loss.detach())
         losses.append(epoch_loss / max(1, steps_per_epoch))
         print(f"{name} lr {lr:g}: epoch {epoch + 1}/{args.epochs} loss {losses[-1]:.4f} "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)

@@ -225,3 +225,9 @@ def test_dice_loss_by_hand():
     assert abs(float(dice_loss(logits, torch.tensor([[[0, 0, 255]]]))) - (1 - (2 * 1.25 + 1) / (1.25 + 2 + 1))) < 1e-6
     none = dice_loss(logits, torch.full((1, 1, 3), 255))
     assert float(none) == 0.0 and none.requires_grad
+    # per image, then the mean over the images with labelled pixels (an all-ignored image does not count)
+    both = torch.cat([logits.detach(), logits.detach().flip(1), logits.detach()])  # image 2: classes swapped
+    masks3 = torch.tensor([[[0, 1, 255]], [[0, 0, 255]], [[255, 255, 255]]])
+    second = 1 - (2 * (0.5 + 0.25) + 1) / (0.75 + 2 + 1)  # class 0 only: p0 = (0.5, 0.25), both targets 0
+    assert abs(float(dice_loss(both, masks3)) - (want + second) / 2) < 1e-6
+    assert abs(float(dice_loss(both, masks3, reduction="sum")) - (want + second)) < 1e-6

@@ -45,9 +45,8 @@ def run_seg_demo(out: str | Path = "demo_out/seg", epochs: int = 16, num_train: 
     cfg = TrainConfig(
         task="segment", train_images=images, train_annotations=root, val_images=images, val_annotations=root,
         names=str(paths["labels"]), model="efficientdet_d0_seg", image_size=image_size,
-        model_overrides=dict(DEMO_SEG_MODEL), epochs=epochs, batch_size=8, optimizer="adamw", lr=4e-3,
-        weight_decay=4e-5, warmup_epochs=1.0, ema_decay=0.9998, ema_warmup_steps=50.0, scale_min=0.6,
-        scale_max=1.4, amp=False, workers=workers, seed=seed, recompute_stages=0, out=str(out / "run"),
+        model_overrides=dict(DEMO_SEG_MODEL), epochs=epochs, batch_size=8,  # recipe: train's default (auto)
+        amp=False, workers=workers, seed=seed, recompute_stages=0, out=str(out / "run"),
         val_interval=max(1, epochs // 2), tensorboard=False, plots=True,
     )
     t1 = time.perf_counter()

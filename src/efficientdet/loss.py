@@ -205,14 +205,20 @@ def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, ignore_index: i
     return F.cross_entropy(logits, masks.long(), ignore_index=ignore_index)
 
 
-def dice_loss(logits: torch.Tensor, masks: torch.Tensor, ignore_index: int = 255, eps: float = 1.0) -> torch.Tensor:
-    """Soft multi-class Dice loss: ``1 - (2 sum(p_k t_k) + eps) / (sum(p_k) + sum(t_k) + eps)`` per class k,
-    with p the softmax and t the one-hot target over the pixels that are not ``ignore_index``, averaged over
-    the classes present in the batch's targets (absent classes would only reward predicting nothing).
+def dice_loss(logits: torch.Tensor, masks: torch.Tensor, ignore_index: int = 255, eps: float = 1.0,
+              reduction: str = "mean") -> torch.Tensor:
+    """Soft multi-class Dice loss, per image: ``1 - (2 sum(p_k t_k) + eps) / (sum(p_k) + sum(t_k) + eps)`` per
+    class k, with p the softmax and t the one-hot target over the image's pixels that are not ``ignore_index``,
+    averaged over the classes present in that image's target (absent classes would only reward predicting
+    nothing). ``reduction``: ``"mean"`` over the images that have labelled pixels, or ``"sum"`` (a caller that
+    splits a batch over micro-batches or processes divides by the whole batch's count, so the loss does not
+    depend on the split).
 
     Unlike the pixel mean of cross-entropy it weighs a 10-pixel class as much as the background, which is
     what mIoU does. ``logits``: (B, K, H, W), computed in float32; ``masks``: (B, H, W) int64.
     """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"dice_loss: reduction must be 'mean' or 'sum', not {reduction!r}")
     logits = logits.float()
     valid = masks != ignore_index
     if not bool(valid.any()):
@@ -220,8 +226,12 @@ def dice_loss(logits: torch.Tensor, masks: torch.Tensor, ignore_index: int = 255
     k = logits.shape[1]
     probs = logits.softmax(dim=1) * valid[:, None]
     target = F.one_hot(torch.where(valid, masks, 0).long(), k).permute(0, 3, 1, 2).to(probs.dtype) * valid[:, None]
-    inter = (probs * target).sum(dim=(0, 2, 3))
-    denom = probs.sum(dim=(0, 2, 3)) + target.sum(dim=(0, 2, 3))
-    present = target.sum(dim=(0, 2, 3)) > 0
-    dice = 1.0 - (2.0 * inter + eps) / (denom + eps)
-    return dice[present].mean()
+    inter = (probs * target).sum(dim=(2, 3))  # (B, K)
+    target_sum = target.sum(dim=(2, 3))
+    present = (target_sum > 0).to(probs.dtype)
+    dice = 1.0 - (2.0 * inter + eps) / (probs.sum(dim=(2, 3)) + target_sum + eps)
+    per_image = (dice * present).sum(dim=1) / present.sum(dim=1).clamp(min=1.0)  # 0 for an all-ignored image
+    total = per_image.sum()
+    if reduction == "sum":
+        return total
+    return total / valid.flatten(1).any(dim=1).sum()

@@ -197,3 +197,34 @@ def test_two_processes_match_one_segmentation(seg_data, tmp_path):
                         seg_layers=1, backbone_drop_path=0.0).state_dict()
     moved = max((b[k] - init[k]).abs().max().item() for k in b if b[k].is_floating_point())
     assert moved > 1e-3 and differ < moved * 1e-3, (moved, differ)
+
+
+@pytest.mark.parametrize("dice", [0.0, 1.0])
+def test_segmentation_step_loss_is_cross_entropy_plus_dice(seg_data, tmp_path, dice):
+    """The step's seg_loss is CE + seg_dice_weight x soft Dice of the same logits (default weight 1)."""
+    import torch
+
+    from efficientdet.loss import dice_loss, segmentation_loss
+    from efficientdet.train.config import TrainConfig
+    from efficientdet.train.step import train_step
+    from efficientdet.train.trainer import Trainer
+
+    assert TrainConfig.__dataclass_fields__["seg_dice_weight"].default == 1.0
+    root, images = str(seg_data["root"]), str(seg_data["images"])
+    cfg = TrainConfig(task="segment", model="efficientdet_d0_seg", train_images=images, train_annotations=root,
+                      names=str(seg_data["labels"]), image_size=128, batch_size=4, epochs=1, amp=False, workers=0,
+                      progress=False, tensorboard=False, plots=False, out=str(tmp_path / "r"), seg_dice_weight=dice,
+                      model_overrides={"fpn_channels": 16, "fpn_layers": 1, "seg_channels": 16, "seg_layers": 1})
+    trainer = Trainer(cfg)
+    trainer.sampler.set_epoch(0)
+    batch, targets = next(iter(trainer.loader))
+    masks = torch.stack([t["mask"] for t in targets]).long()
+    trainer.set_train_mode()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        logits = trainer.model(batch.contiguous(memory_format=torch.channels_last))
+    want = float(segmentation_loss(logits, masks) + dice * dice_loss(logits, masks))
+    assert float(dice_loss(logits, masks)) > 0.1  # the term is not negligible
+    torch.manual_seed(0)
+    got = train_step(trainer.state, trainer.setup, batch, targets)["seg_loss"]
+    assert got == pytest.approx(want, rel=1e-4)

@@ -126,6 +126,9 @@ class TrainConfig:
     plots: bool = opt(True, "PNG plots at the end of the run")
     seg_loss_weight: float = opt(1.0, "weight of the segmentation loss next to the detection loss (detect,segment)",
                                  check="positive_float")
+    seg_dice_weight: float = opt(1.0, "weight of a soft Dice term added to the segmentation cross-entropy (0 = "
+                                 "cross-entropy only; the Dice term weighs small classes as mIoU does)",
+                                 check="non_negative_float")
 
     def __post_init__(self) -> None:
         checks = [

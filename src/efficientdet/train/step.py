@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..loss import DetectionLoss, segmentation_loss
+from ..loss import DetectionLoss, dice_loss, segmentation_loss
 from ..matcher import match_anchors
 from ..model.efficientdet import flatten_outputs
 from . import distributed as dist
@@ -26,7 +26,8 @@ class StepSetup:
     loss, device, mixed-precision dtype (``None`` = float32), clipping norm and input memory format.
 
     ``tasks``: ``("detect",)``, ``("segment",)`` or both; a segmentation-only run has no anchors or
-    detection loss (``None``); ``seg_weight`` weighs the segmentation loss in the total."""
+    detection loss (``None``); ``seg_weight`` weighs the segmentation loss in the total, ``seg_dice`` the soft
+    Dice term inside it (cross-entropy + ``seg_dice`` x Dice)."""
 
     forward: nn.Module
     anchors: torch.Tensor | None
@@ -38,6 +39,7 @@ class StepSetup:
     trainable: tuple[nn.Parameter, ...]
     tasks: tuple[str, ...] = ("detect",)
     seg_weight: float = 1.0
+    seg_dice: float = 0.0
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
@@ -53,7 +55,8 @@ def train_step(state: TrainState, setup: StepSetup, images: torch.Tensor, target
     learning rate for ``state.step`` is applied first. In a ``torchrun`` job the loss is normalised by the
     positives of the GLOBAL batch, so the averaged DDP gradient equals the single-process gradient of the
     same global batch. The segmentation loss (pixel-wise cross-entropy, 255 ignored, ``targets[i]["mask"]``,
-    weighted by ``setup.seg_weight``) is likewise a mean over the labelled pixels of the global batch. With
+    weighted by ``setup.seg_weight``) is likewise a mean over the labelled pixels of the global batch, its Dice term
+    (``setup.seg_dice``) a mean over the global batch's labelled images. With
     ``accumulate`` N the batch runs as N sequential micro-batches (activation memory of one micro-batch)
     whose losses are re-weighted from their own positives (labelled pixels) to the whole batch's, so the
     summed gradient is the whole batch's (BatchNorm statistics are per micro-batch). Counters are the
@@ -69,7 +72,7 @@ def train_step(state: TrainState, setup: StepSetup, images: torch.Tensor, target
     parts = max(1, min(int(accumulate), n))
     bounds = [round(i * n / parts) for i in range(parts + 1)]
     world = dist.world_size()
-    det_scale = seg_scale = 1.0
+    det_scale = seg_scale = dice_scale = 1.0
     if detect:
         match = match_anchors(setup.anchors, [x["boxes"] for x in targets], [x["labels"] for x in targets],
                               [x["iscrowd"] for x in targets])
@@ -79,8 +82,10 @@ def train_step(state: TrainState, setup: StepSetup, images: torch.Tensor, target
     if segment:
         masks = torch.stack([x["mask"] for x in targets]).to(setup.device, non_blocking=True).long()
         batch_valid = (masks != 255).sum().float()
-        if world > 1:  # a mean over the GLOBAL batch's labelled pixels, as in one process
+        batch_images = (masks != 255).flatten(1).any(dim=1).sum().float()  # the Dice term: a mean over images
+        if world > 1:  # a mean over the GLOBAL batch's labelled pixels (images), as in one process
             seg_scale = float(world * batch_valid / dist.all_reduce(batch_valid.clone()).clamp(min=1))
+            dice_scale = float(world * batch_images / dist.all_reduce(batch_images.clone()).clamp(min=1))
     state.optimizer.zero_grad(set_to_none=True)
     scaler = state.scaler
     sums: dict[str, float] = {}
@@ -102,10 +107,14 @@ def train_step(state: TrainState, setup: StepSetup, images: torch.Tensor, target
                     parts_terms[k] = terms[k] * weight
             if segment:
                 micro = masks[sl]
-                seg = segmentation_loss(outputs if isinstance(outputs, torch.Tensor) else outputs[2], micro)
-                seg_weight = (micro != 255).sum().float() / batch_valid.clamp(min=1)
-                loss = loss + setup.seg_weight * seg * seg_weight * seg_scale
-                parts_terms["seg_loss"] = seg * seg_weight
+                logits = outputs if isinstance(outputs, torch.Tensor) else outputs[2]
+                seg = segmentation_loss(logits, micro) * ((micro != 255).sum().float() / batch_valid.clamp(min=1))
+                seg_global = seg * seg_scale
+                if setup.seg_dice:  # per-image Dice summed here, divided by the batch's labelled images
+                    dice = setup.seg_dice * dice_loss(logits, micro, reduction="sum") / batch_images.clamp(min=1)
+                    seg, seg_global = seg + dice, seg_global + dice * dice_scale
+                loss = loss + setup.seg_weight * seg_global
+                parts_terms["seg_loss"] = seg
             finite = dist.all_reduce(torch.isfinite(loss.detach()).float().reshape(1), "min")
             if not bool(finite.item()):  # every process skips together (no half-finished DDP reduction)
                 state.optimizer.zero_grad(set_to_none=True)

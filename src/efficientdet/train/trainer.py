@@ -107,7 +107,7 @@ class Trainer:
                                DetectionLoss(self.model.config.num_classes) if detect else None, self.device, self.amp,
                                cfg.clip_grad, cfg.channels_last,
                                tuple(p for p in self.model.parameters() if p.requires_grad), cfg.tasks,
-                               cfg.seg_loss_weight)
+                               cfg.seg_loss_weight, cfg.seg_dice_weight)
         self.loader, self.sampler = build_loader(cfg, self.train_data, self.model, self.device)
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.step_times: list[float] = []
