@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import settings
 from PIL import Image
 
@@ -18,6 +19,27 @@ os.environ.setdefault("EFFICIENTDET_OFFLINE", "1")
 settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
 settings.register_profile("dev", print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
+
+
+def spread_class_scores(model: torch.nn.Module, bias: float | list[float], seed: int = 0) -> torch.nn.Module:
+    """Give a randomly initialised model class scores that differ from anchor to anchor and image to image.
+
+    In eval mode a fresh network's features shrink layer by layer (BatchNorm running statistics are still
+    mean 0, variance 1), so the class predictor sees inputs of ~1e-4 and every anchor scores sigmoid(bias)
+    up to ~1e-6: ties everywhere, and which of them survive NMS or ``max_det`` is arbitrary. Perturbing all
+    weights and amplifying the predictor (weight std 100) spreads the scores; ``bias`` (one value, or one
+    per predictor output) sets how many pass a threshold."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen).to(p) * 0.05)
+        predict = model.class_net.predict.pw
+        predict.weight.mul_(100.0 / float(predict.weight.std()))
+        if isinstance(bias, list):
+            predict.bias.copy_(torch.tensor(bias * (predict.bias.numel() // len(bias))))
+        else:
+            predict.bias.fill_(bias)
+    return model
 
 
 def make_photo(path: Path, width: int, height: int, seed: int = 0) -> Path:

@@ -153,12 +153,15 @@ function render() {
   const fontPx = 13 * unit;
   ctx.font = `${fontPx}px system-ui, sans-serif`;
   ctx.textBaseline = "top";
+  // boxes lowest score first, so that where boxes overlap the better one is drawn on top
+  ctx.lineWidth = line;
+  for (let i = dets.length - 1; i >= 0; i--) {
+    const [x, y, w, h] = dets[i].bbox;
+    ctx.strokeStyle = COLORS[dets[i].category_id % COLORS.length];
+    ctx.strokeRect(x, y, w, h);
+  }
   const rows = [];
   dets.forEach((d, i) => {
-    const [x, y, w, h] = d.bbox;
-    ctx.lineWidth = line;
-    ctx.strokeStyle = COLORS[d.category_id % COLORS.length];
-    ctx.strokeRect(x, y, w, h);
     rows.push(`<tr data-index="${i}"><td>${i + 1}</td><td>${escapeHtml(d.category_name)}</td>` +
               `<td>${d.category_id}</td><td>${d.score.toFixed(3)}</td>` +
               d.bbox.map((v) => `<td>${v.toFixed(1)}</td>`).join("") + "</tr>");
