@@ -195,7 +195,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dice", type=float, default=0.0, help="weight of a soft Dice loss added to the cross-entropy "
-                   "(both models)")
+                   "(both models; efficientdet.loss.dice_loss: over the batch, as train does)")
     p.add_argument("--models", default="ours,peer")
     p.add_argument("--json", default=None)
     args = p.parse_args()
@@ -217,7 +217,8 @@ def main() -> None:
                     "data": args.kind,
                     "budget": {k2: getattr(args, k2) for k2 in ("num_train", "num_val", "epochs", "batch", "size",
                                                                  "lr", "weight_decay", "scale_min", "scale_max",
-                                                                 "ours_drop_path", "dice")},
+                                                                 "ours_drop_path", "dice")}
+                    | ({"dice_per": "batch"} if args.dice else {}),
                     "optimizer": "AdamW, 1 warm-up epoch from 0.1x, cosine to 0, clip 10; no EMA; random init"}
     builders = {
         "ours": lambda: create_model("d0_seg", image_size=args.size, seg_class_names=train_data.class_names,

@@ -225,9 +225,16 @@ def test_dice_loss_by_hand():
     assert abs(float(dice_loss(logits, torch.tensor([[[0, 0, 255]]]))) - (1 - (2 * 1.25 + 1) / (1.25 + 2 + 1))) < 1e-6
     none = dice_loss(logits, torch.full((1, 1, 3), 255))
     assert float(none) == 0.0 and none.requires_grad
-    # per image, then the mean over the images with labelled pixels (an all-ignored image does not count)
-    both = torch.cat([logits.detach(), logits.detach().flip(1), logits.detach()])  # image 2: classes swapped
+    # over the batch: the sums run over every image's labelled pixels (image 2 has its classes swapped and
+    # both targets 0, image 3 is all ignored). Class 0: inter 0.5 + 0.5 + 0.25, sum p 1.25 + 0.75, sum t 3;
+    # class 1: inter 0.25, sum p 0.75 + 1.25, sum t 1
+    both = torch.cat([logits.detach(), logits.detach().flip(1), logits.detach()])
     masks3 = torch.tensor([[[0, 1, 255]], [[0, 0, 255]], [[255, 255, 255]]])
-    second = 1 - (2 * (0.5 + 0.25) + 1) / (0.75 + 2 + 1)  # class 0 only: p0 = (0.5, 0.25), both targets 0
-    assert abs(float(dice_loss(both, masks3)) - (want + second) / 2) < 1e-6
-    assert abs(float(dice_loss(both, masks3, reduction="sum")) - (want + second)) < 1e-6
+    want3 = ((1 - (2 * 1.25 + 1) / (2.0 + 3 + 1)) + (1 - (2 * 0.25 + 1) / (2.0 + 1 + 1))) / 2
+    assert abs(float(dice_loss(both, masks3)) - want3) < 1e-6
+    # the statistics are sums: split the batch, add them up, same loss (how processes combine theirs)
+    from efficientdet.loss import dice_from_statistics, dice_statistics
+
+    parts = [dice_statistics(both[i : i + 1], masks3[i : i + 1]) for i in range(3)]
+    summed = [sum(p[j] for p in parts) for j in range(3)]
+    assert abs(float(dice_from_statistics(*summed)) - want3) < 1e-6

@@ -205,33 +205,36 @@ def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, ignore_index: i
     return F.cross_entropy(logits, masks.long(), ignore_index=ignore_index)
 
 
-def dice_loss(logits: torch.Tensor, masks: torch.Tensor, ignore_index: int = 255, eps: float = 1.0,
-              reduction: str = "mean") -> torch.Tensor:
-    """Soft multi-class Dice loss, per image: ``1 - (2 sum(p_k t_k) + eps) / (sum(p_k) + sum(t_k) + eps)`` per
-    class k, with p the softmax and t the one-hot target over the image's pixels that are not ``ignore_index``,
-    averaged over the classes present in that image's target (absent classes would only reward predicting
-    nothing). ``reduction``: ``"mean"`` over the images that have labelled pixels, or ``"sum"`` (a caller that
-    splits a batch over micro-batches or processes divides by the whole batch's count, so the loss does not
-    depend on the split).
+def dice_statistics(logits: torch.Tensor, masks: torch.Tensor,
+                    ignore_index: int = 255) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The sums a soft Dice loss is made of, over all of the batch's pixels that are not ``ignore_index``:
+    per class k the intersection ``sum(p_k t_k)``, the denominator ``sum(p_k) + sum(t_k)`` and the target
+    count ``sum(t_k)``, with p the softmax of ``logits`` (B, K, H, W; float32) and t the one-hot ``masks``
+    (B, H, W). (K,) each; the first two carry the gradient. Sums, so that processes can add theirs up."""
+    logits = logits.float()
+    valid = masks != ignore_index
+    k = logits.shape[1]
+    probs = logits.softmax(dim=1) * valid[:, None]
+    target = F.one_hot(torch.where(valid, masks, 0).long(), k).permute(0, 3, 1, 2).to(probs.dtype) * valid[:, None]
+    target_sum = target.sum(dim=(0, 2, 3))
+    return (probs * target).sum(dim=(0, 2, 3)), probs.sum(dim=(0, 2, 3)) + target_sum, target_sum
+
+
+def dice_from_statistics(inter: torch.Tensor, denom: torch.Tensor, target_sum: torch.Tensor,
+                         eps: float = 1.0) -> torch.Tensor:
+    """``1 - (2 inter_k + eps) / (denom_k + eps)`` averaged over the classes present (``target_sum > 0``;
+    absent classes would only reward predicting nothing); 0, with a gradient path, when none is."""
+    dice = 1.0 - (2.0 * inter + eps) / (denom + eps)
+    present = (target_sum > 0).to(dice.dtype)
+    return (dice * present).sum() / present.sum().clamp(min=1.0)
+
+
+def dice_loss(logits: torch.Tensor, masks: torch.Tensor, ignore_index: int = 255, eps: float = 1.0) -> torch.Tensor:
+    """Soft multi-class Dice loss over the batch: per class k ``1 - (2 sum(p_k t_k) + eps) / (sum(p_k) + sum(t_k)
+    + eps)`` with p the softmax and t the one-hot target over the labelled pixels of all images, averaged over
+    the classes present in the batch (:func:`dice_statistics`, :func:`dice_from_statistics`).
 
     Unlike the pixel mean of cross-entropy it weighs a 10-pixel class as much as the background, which is
     what mIoU does. ``logits``: (B, K, H, W), computed in float32; ``masks``: (B, H, W) int64.
     """
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"dice_loss: reduction must be 'mean' or 'sum', not {reduction!r}")
-    logits = logits.float()
-    valid = masks != ignore_index
-    if not bool(valid.any()):
-        return logits.sum() * 0.0
-    k = logits.shape[1]
-    probs = logits.softmax(dim=1) * valid[:, None]
-    target = F.one_hot(torch.where(valid, masks, 0).long(), k).permute(0, 3, 1, 2).to(probs.dtype) * valid[:, None]
-    inter = (probs * target).sum(dim=(2, 3))  # (B, K)
-    target_sum = target.sum(dim=(2, 3))
-    present = (target_sum > 0).to(probs.dtype)
-    dice = 1.0 - (2.0 * inter + eps) / (probs.sum(dim=(2, 3)) + target_sum + eps)
-    per_image = (dice * present).sum(dim=1) / present.sum(dim=1).clamp(min=1.0)  # 0 for an all-ignored image
-    total = per_image.sum()
-    if reduction == "sum":
-        return total
-    return total / valid.flatten(1).any(dim=1).sum()
+    return dice_from_statistics(*dice_statistics(logits, masks, ignore_index), eps=eps)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..loss import DetectionLoss, dice_loss, segmentation_loss
+from ..loss import DetectionLoss, dice_from_statistics, dice_statistics, segmentation_loss
 from ..matcher import match_anchors
 from ..model.efficientdet import flatten_outputs
 from . import distributed as dist
@@ -47,6 +47,28 @@ class StepSetup:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
 
+def global_dice(logits: torch.Tensor, masks: torch.Tensor, world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The soft Dice loss of the batch of all ``world`` processes, as ``(value, share)``.
+
+    In one process both are :func:`~efficientdet.loss.dice_loss`. In a torchrun job the per-class sums
+    (:func:`~efficientdet.loss.dice_statistics`) are all-reduced, so ``value`` is the global batch's Dice
+    (detached, for the log); ``share`` has that value and the gradient of this process's pixels only:
+    ``a . inter + b . denom`` with ``a``, ``b`` the derivatives of the global Dice by the global sums, times
+    ``world`` because DDP averages the processes' gradients. The averaged gradient is then that of one
+    process on the whole batch."""
+    inter, denom, target_sum = dice_statistics(logits, masks)
+    if world == 1:
+        value = dice_from_statistics(inter, denom, target_sum)
+        return value, value
+    total = dist.all_reduce(torch.stack([inter, denom, target_sum]).detach().clone())
+    g_inter, g_denom = total[0].clone().requires_grad_(), total[1].clone().requires_grad_()
+    with torch.enable_grad():
+        value = dice_from_statistics(g_inter, g_denom, total[2])
+    a, b = torch.autograd.grad(value, (g_inter, g_denom))
+    share = ((a * inter).sum() + (b * denom).sum()) * world
+    return value.detach(), share - share.detach() + value.detach()
+
+
 def train_step(state: TrainState, setup: StepSetup, images: torch.Tensor, targets: list[dict],
                accumulate: int = 1) -> dict[str, float] | None:
     """Train on one batch; returns the loss terms as floats, or ``None`` when the step was skipped.
@@ -55,11 +77,11 @@ def train_step(state: TrainState, setup: StepSetup, images: torch.Tensor, target
     learning rate for ``state.step`` is applied first. In a ``torchrun`` job the loss is normalised by the
     positives of the GLOBAL batch, so the averaged DDP gradient equals the single-process gradient of the
     same global batch. The segmentation loss (pixel-wise cross-entropy, 255 ignored, ``targets[i]["mask"]``,
-    weighted by ``setup.seg_weight``) is likewise a mean over the labelled pixels of the global batch, its Dice term
-    (``setup.seg_dice``) a mean over the global batch's labelled images. With
+    weighted by ``setup.seg_weight``) is likewise a mean over the labelled pixels of the global batch, and its Dice term
+    (``setup.seg_dice``) the Dice of the global batch (:func:`global_dice`). With
     ``accumulate`` N the batch runs as N sequential micro-batches (activation memory of one micro-batch)
     whose losses are re-weighted from their own positives (labelled pixels) to the whole batch's, so the
-    summed gradient is the whole batch's (BatchNorm statistics are per micro-batch). Counters are the
+    summed gradient is the whole batch's (BatchNorm statistics and the Dice term are per micro-batch). Counters are the
     caller's.
     """
     state.schedule.apply(state.optimizer, state.step)
@@ -72,7 +94,7 @@ def train_step(state: TrainState, setup: StepSetup, images: torch.Tensor, target
     parts = max(1, min(int(accumulate), n))
     bounds = [round(i * n / parts) for i in range(parts + 1)]
     world = dist.world_size()
-    det_scale = seg_scale = dice_scale = 1.0
+    det_scale = seg_scale = 1.0
     if detect:
         match = match_anchors(setup.anchors, [x["boxes"] for x in targets], [x["labels"] for x in targets],
                               [x["iscrowd"] for x in targets])
@@ -82,10 +104,9 @@ def train_step(state: TrainState, setup: StepSetup, images: torch.Tensor, target
     if segment:
         masks = torch.stack([x["mask"] for x in targets]).to(setup.device, non_blocking=True).long()
         batch_valid = (masks != 255).sum().float()
-        batch_images = (masks != 255).flatten(1).any(dim=1).sum().float()  # the Dice term: a mean over images
-        if world > 1:  # a mean over the GLOBAL batch's labelled pixels (images), as in one process
+        batch_images = (masks != 255).flatten(1).any(dim=1).sum().float()  # micro-batch Dice weights
+        if world > 1:  # a mean over the GLOBAL batch's labelled pixels, as in one process
             seg_scale = float(world * batch_valid / dist.all_reduce(batch_valid.clone()).clamp(min=1))
-            dice_scale = float(world * batch_images / dist.all_reduce(batch_images.clone()).clamp(min=1))
     state.optimizer.zero_grad(set_to_none=True)
     scaler = state.scaler
     sums: dict[str, float] = {}
@@ -110,9 +131,11 @@ def train_step(state: TrainState, setup: StepSetup, images: torch.Tensor, target
                 logits = outputs if isinstance(outputs, torch.Tensor) else outputs[2]
                 seg = segmentation_loss(logits, micro) * ((micro != 255).sum().float() / batch_valid.clamp(min=1))
                 seg_global = seg * seg_scale
-                if setup.seg_dice:  # per-image Dice summed here, divided by the batch's labelled images
-                    dice = setup.seg_dice * dice_loss(logits, micro, reduction="sum") / batch_images.clamp(min=1)
-                    seg, seg_global = seg + dice, seg_global + dice * dice_scale
+                if setup.seg_dice:  # Dice over the global batch (over each micro-batch with accumulate > 1)
+                    local, share = global_dice(logits, micro, world)
+                    weight = (micro != 255).flatten(1).any(dim=1).sum().float() / batch_images.clamp(min=1)
+                    seg = seg + setup.seg_dice * local * weight
+                    seg_global = seg_global + setup.seg_dice * share * weight
                 loss = loss + setup.seg_weight * seg_global
                 parts_terms["seg_loss"] = seg
             finite = dist.all_reduce(torch.isfinite(loss.detach()).float().reshape(1), "min")
