@@ -188,6 +188,8 @@ def main() -> None:
                    help="peak learning rates (comma-separated): each model trains at each, its best is reported")
     p.add_argument("--ours-drop-path", type=float, default=0.0,
                    help="our backbone's stochastic depth (train's auto recipe turns it off below 10k steps)")
+    p.add_argument("--ours-overrides", default="{}",
+                   help='JSON of model settings for ours, e.g. \'{"seg_head": "decoder", "min_level": 3}\'')
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--scale-min", type=float, default=0.5)
     p.add_argument("--scale-max", type=float, default=2.0)
@@ -217,12 +219,12 @@ def main() -> None:
                     "data": args.kind,
                     "budget": {k2: getattr(args, k2) for k2 in ("num_train", "num_val", "epochs", "batch", "size",
                                                                  "lr", "weight_decay", "scale_min", "scale_max",
-                                                                 "ours_drop_path", "dice")}
+                                                                 "ours_drop_path", "dice", "ours_overrides")}
                     | ({"dice_per": "batch"} if args.dice else {}),
                     "optimizer": "AdamW, 1 warm-up epoch from 0.1x, cosine to 0, clip 10; no EMA; random init"}
     builders = {
         "ours": lambda: create_model("d0_seg", image_size=args.size, seg_class_names=train_data.class_names,
-                                     backbone_drop_path=args.ours_drop_path),
+                                     **{"backbone_drop_path": args.ours_drop_path, **json.loads(args.ours_overrides)}),
         "peer": lambda: Peer(k, args.size),
     }
     for name in args.models.split(","):
