@@ -137,3 +137,32 @@ def test_plan_anchors_applies_proposal_and_warns(tmp_path):
     assert auto.warning is None and "anchors auto: anchor_scale" in auto.messages[1]
     applied = config.replace(**auto.overrides)  # what train does: a valid ModelConfig
     assert applied.anchor_scale == auto.overrides["anchor_scale"]
+
+
+def test_p2_suggested_for_objects_too_small_for_p3(tmp_path):
+    """4 px squares on the P2 grid (centres 2 + 8k) at a 256 px input: even anchor_scale 1 on P3 (8 px
+    anchors, centres 4 + 8k) gives IoU < 0.5, so no P3 proposal helps; with a P2 level (4 px anchors at
+    anchor_scale 1, centres 2 + 4m) every box has an exact anchor. The 12 px squares of the test above fit
+    P3 once re-scaled, so they get no P2 hint."""
+    from efficientdet.anchor_fit import plan_anchors, propose_anchors, propose_p2
+    from efficientdet.variants import get_config
+
+    c = 2 + 8 * np.arange(2, 30, 3, dtype=np.float32)
+    cx, cy = np.meshgrid(c, c)
+    boxes = np.stack([cx.ravel() - 2, cy.ravel() - 2, cx.ravel() + 2, cy.ravel() + 2], axis=1)
+    prop = propose_anchors(boxes, 256)
+    assert prop.proposed.recall == 0.0
+    p2 = propose_p2(boxes, prop)
+    assert p2 is not None and p2.recall == 1.0 and min(p2.levels) == 2 and p2.levels[2] == (len(boxes), len(boxes))
+    n = len(boxes)
+    data = DetectionData([Sample(1, "a.jpg", tmp_path / "a.jpg", 256, 256, boxes, np.zeros(n), np.zeros(n, bool))],
+                         ["dot"], [1])
+    plan = plan_anchors(data, get_config("d0", image_size=256), mode="auto")
+    assert any("min_level=2" in m and "100.0%" in m for m in plan.messages)
+    assert "--model-override min_level=2" in plan.warning
+    # already on P2, or objects the P3 anchors fit: no hint
+    assert propose_p2(boxes, propose_anchors(boxes, 256, min_level=2), min_level=2) is None
+    c = 4 + 8 * np.arange(2, 28, 3, dtype=np.float32)
+    cx, cy = np.meshgrid(c, c)
+    fits = np.stack([cx.ravel() - 6, cy.ravel() - 6, cx.ravel() + 6, cy.ravel() + 6], axis=1)
+    assert propose_p2(fits, propose_anchors(fits, 256)) is None

@@ -243,6 +243,29 @@ def propose_image_size(boxes: np.ndarray, image_size: int, anchor_scale: float =
 POOR_RECALL = 0.9
 
 
+def propose_p2(boxes: np.ndarray, proposal: AnchorProposal, min_level: int = 3, max_level: int = 7,
+               num_scales: int = 3, below: float = 0.95, gain: float = 0.02) -> AnchorReport | None:
+    """Small objects: when the best anchors on P{min_level}-P{max_level} (``proposal.proposed``) still miss
+    more than ``1 - below`` of the boxes, the best anchors with a P2 level (``min_level=2``: stride 4, anchors
+    half the size); returned when they raise the best possible recall by ``gain`` or more, else None.
+
+    A P2 level costs compute (D0 at 256 px: ~1.5x the training time) but on small objects it pays: on the
+    photos set of ``bench/recipes.py`` AP_small went from 0.28 to 0.59 (BENCHMARKS.md, issue 15)."""
+    best = proposal.proposed
+    if min_level <= 2 or best.num_boxes == 0 or best.recall >= below:
+        return None
+    p2 = propose_anchors(boxes, best.image_size, best.anchor_scale, best.aspect_ratios, 2, max_level, num_scales,
+                         iou_threshold=best.iou_threshold).proposed
+    return p2 if p2.recall >= best.recall + gain else None
+
+
+def p2_hint(report: AnchorReport) -> str:
+    """The one-line suggestion for :func:`propose_p2`'s answer."""
+    return (f"small objects: with a P2 level (--model-override min_level=2, stride-4 anchors; ~1.5x the training "
+            f"time) and anchor_scale {report.anchor_scale:g} the best possible recall is {report.recall:.1%} "
+            f"({report.too_small} boxes too small)")
+
+
 @dataclass
 class AnchorPlan:
     """What ``train --anchors MODE`` does with a data set: the report, the overrides it applies (empty
@@ -279,6 +302,9 @@ def plan_anchors(data: object, config: object, mode: str = "auto", poor_recall: 
                         f"{new.recall:.1%} (saved with the model)")
     elif mode == "auto":
         messages.append("anchors auto: the model's anchors already fit (no proposal raises recall by 1 point)")
+    p2 = propose_p2(boxes, prop, c.min_level, c.max_level, c.num_scales)  # type: ignore[attr-defined]
+    if p2 is not None:
+        messages.append(p2_hint(p2))
     warning = None
     if final.recall < poor_recall:
         hints = []
@@ -288,6 +314,8 @@ def plan_anchors(data: object, config: object, mode: str = "auto", poor_recall: 
                                      c.min_level, c.max_level, c.num_scales)  # type: ignore[attr-defined]
         if size > c.image_size:  # type: ignore[attr-defined]
             hints.append(f"--image-size {size}")
+        if p2 is not None:
+            hints.append("--model-override min_level=2 (a P2 level for small objects)")
         hints.append("'efficientdet anchors' for the per-level report")
         warning = (f"warning: only {final.recall:.1%} of the training boxes can be matched to an anchor at IoU >= "
                    f"{final.iou_threshold:g}; the rest train poorly and are often missed. Try " + ", ".join(hints))
@@ -295,4 +323,5 @@ def plan_anchors(data: object, config: object, mode: str = "auto", poor_recall: 
 
 
 __all__ = ["AnchorPlan", "AnchorProposal", "AnchorReport", "POOR_RECALL", "anchor_report", "best_anchor_iou",
-           "fit_aspect_ratios", "input_boxes", "plan_anchors", "propose_anchors", "propose_image_size"]
+           "fit_aspect_ratios", "input_boxes", "p2_hint", "plan_anchors", "propose_anchors", "propose_image_size",
+           "propose_p2"]

@@ -111,6 +111,28 @@ def test_anchors_command(tiny_data, capsys):
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
 
 
+def test_anchors_command_suggests_p2_for_tiny_objects(tmp_path, capsys):
+    """4 px objects on a 256 px image: no P3 anchor fits them, a P2 level does (tests/test_anchor_fit.py)."""
+    import json
+
+    from PIL import Image
+
+    from efficientdet.cli import main
+
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (256, 256), (90, 120, 150)).save(tmp_path / "images" / "a.jpg")
+    centres = [2 + 8 * k for k in range(2, 30, 3)]
+    anns = [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": [x - 2, y - 2, 4, 4], "area": 16, "iscrowd": 0}
+            for i, (x, y) in enumerate((x, y) for x in centres for y in centres)]
+    coco = {"images": [{"id": 1, "file_name": "a.jpg", "width": 256, "height": 256}], "annotations": anns,
+            "categories": [{"id": 1, "name": "dot"}]}
+    (tmp_path / "a.json").write_text(json.dumps(coco))
+    code = main(["anchors", "--train-images", str(tmp_path / "images"), "--train-annotations",
+                 str(tmp_path / "a.json"), "--image-size", "256"])
+    out = capsys.readouterr().out
+    assert code == 0 and "--model-override min_level=2" in out and "best possible recall is 100.0%" in out
+
+
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")  # the second loader, on a 1-CPU runner
 def test_loader_workers_capped_to_usable_cpus(tiny_data, tmp_path, monkeypatch):
     """More loader processes than CPUs only compete, and torch warns about it on the user's terminal."""

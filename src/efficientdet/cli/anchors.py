@@ -8,7 +8,7 @@ from .common import image_size
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..anchor_fit import input_boxes, propose_anchors
+    from ..anchor_fit import input_boxes, p2_hint, propose_anchors, propose_p2
     from ..data import read_dataset
     from ..variants import get_config
 
@@ -40,6 +40,9 @@ def run(args: argparse.Namespace) -> int:
               f"too small{extra}")
     else:
         print(f"input size: {config.image_size}px is large enough (at most 1% of the boxes too small)")
+    p2 = propose_p2(boxes, prop, config.min_level, config.max_level, config.num_scales)
+    if p2 is not None:
+        print(p2_hint(p2))
     return 0
 
 
