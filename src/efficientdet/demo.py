@@ -3,7 +3,7 @@
 ``python -m efficientdet.demo --out demo_out`` writes ``demo_out/data`` (the synthetic shapes set),
 ``demo_out/run`` (the training run folder: weights, metrics.csv, plots, TensorBoard) and
 ``demo_out/predictions`` (held-out images with their detections drawn), then the segmentation demo in
-``demo_out/seg`` (:mod:`efficientdet.demo_seg`: mIoU of a small P2 segmentation model). No network access, no
+``demo_out/seg`` (:mod:`efficientdet.demo_seg`: mIoU of a small segmentation model). No network access, no
 pretrained weights: a small EfficientDet (EfficientNet-style ``tinynet_e`` backbone, 32-channel
 2-layer BiFPN, 2-layer heads, 192 px) trains from scratch in a few minutes on 2 CPU cores with
 ``train``'s own defaults (``recipe=auto``, ``anchors=auto``: what a user gets without options) and

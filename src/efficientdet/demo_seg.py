@@ -3,8 +3,8 @@ EfficientDet from scratch on CPU -> mIoU on the validation split -> overlays of 
 
 Writes ``<out>/data`` (the set ``efficientdet synth --task segment`` writes), ``<out>/run`` (the run
 folder: weights, metrics.csv, loss / mIoU plots, validation overlays) and ``<out>/predictions``.
-The network: the ``efficientdet_d0_seg`` layout (BiFPN over P2-P7, per-pixel classifier on P2) with the
-demo's small ``tinynet_e`` backbone, a 32-channel 2-layer BiFPN and a 48-channel 2-layer classifier, 160 px.
+The network: the ``efficientdet_d0_seg`` layout (BiFPN over P3-P7, the official decoder) with the demo's
+small ``tinynet_e`` backbone and a 32-channel 2-layer BiFPN, 160 px.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 
 #: ModelConfig overrides on top of efficientdet_d0_seg
-DEMO_SEG_MODEL = {"backbone": "tinynet_e", "fpn_channels": 32, "fpn_layers": 2, "seg_channels": 48, "seg_layers": 2,
-                  "backbone_drop_path": 0.0}
+DEMO_SEG_MODEL = {"backbone": "tinynet_e", "fpn_channels": 32, "fpn_layers": 2, "backbone_drop_path": 0.0}
 DEMO_SEG_DATA = {"image_size": ((160, 200), (150, 200)), "max_objects": 4, "min_object_size": 24.0,
                  "max_object_frac": 0.6}
 

@@ -96,7 +96,9 @@ def test_seg_rows_registered_and_paper_row():
     assert (d4.seg_head, d4.seg_channels, d4.seg_layers, d4.detect, d4.image_size) == ("p2", 256, 3, False, 640)
     cost = measure(d4)
     assert abs(cost["params"] / 17e6 - 1) < 0.10 and abs(cost["flops"] / 18e9 - 1) < 0.10
-    assert get_config("d0_seg").fpn_channels == 40  # 64 * 128 / 224 = 36.6 -> 40
+    d0 = get_config("d0_seg")  # 64 * 128 / 224 = 36.6 -> 40; the other rows: the official decoder over P3-P7
+    assert (d0.fpn_channels, d0.seg_head, d0.min_level, d0.detect) == (40, "decoder", 3, False)
+    assert all(VARIANTS[f"efficientdet_d{i}_seg"].seg_head == "decoder" for i in (0, 1, 2, 3, 5, 6, 7))
 
 
 def _ort(path, x: np.ndarray) -> list[np.ndarray]:

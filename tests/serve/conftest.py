@@ -61,7 +61,8 @@ def tiny_seg_model() -> torch.nn.Module:
     """A segmentation-only ``d0_seg`` (P2 classifier) at 128 px with a 16-channel BiFPN and head, 4 classes."""
     torch.manual_seed(0)
     model = create_model("d0_seg", seg_classes=len(SEG_NAMES), seg_class_names=SEG_NAMES, image_size=128,
-                         fpn_channels=16, fpn_layers=1, seg_channels=16, seg_layers=1).eval()
+                         fpn_channels=16, fpn_layers=1, seg_head="p2", min_level=2, seg_channels=16,
+                         seg_layers=1).eval()
     with torch.no_grad():
         _spread_seg_classifier(model.seg_net.classifier.weight)
         model.seg_net.classifier.bias.zero_()

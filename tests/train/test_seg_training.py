@@ -43,7 +43,7 @@ def seg_run(seg_data, tmp_path_factory):
 def test_segmentation_run_folder(seg_run, seg_data):
     best = load_checkpoint(seg_run / "weights" / "best.pt")
     assert best.seg_class_names == ["background", "circle", "square", "triangle", "cross"]
-    assert best.config["seg_head"] == "p2" and best.config["detect"] is False and best.config["seg_classes"] == 5
+    assert best.config["seg_head"] == "decoder" and best.config["detect"] is False and best.config["seg_classes"] == 5
     assert set(best.extra["metrics"]) == {"mIoU", "pixel_accuracy", "mean_accuracy", "fwIoU"}
     rows = read_metrics(seg_run / "metrics.csv")
     assert [r["epoch"] for r in rows] == [1.0, 2.0]
