@@ -135,3 +135,26 @@ def test_benchmark_has_segmentation_rows():
     row = bench_model("d0_seg", image_size=128, runs=1, warmup=1, batch_size=2)
     assert row.model == "efficientdet_d0_seg" and row.image_size == 128 and row.params > 3_000_000
     assert row.latency_ms >= row.network_ms > 0 and row.throughput_ips > 0
+
+
+def test_onnx_argmax_export_of_the_decoder_rows(tmp_path):
+    """``d0_seg`` (the official decoder over P3-P7, transposed convolutions) exports with its arg-max and
+    gives PyTorch's labels in onnxruntime."""
+    from efficientdet.inference.seg_export import export_seg_onnx
+    from efficientdet.inference.segmenter import seg_logits
+
+    torch.manual_seed(0)
+    model = create_model("d0_seg", seg_classes=4, image_size=128, fpn_channels=16, fpn_layers=1).eval()
+    assert model.config.seg_head == "decoder" and model.config.min_level == 3
+    with torch.no_grad():  # spread the random classes: every one wins somewhere
+        for p in model.seg_net.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    onnx_path = export_seg_onnx(model, tmp_path / "dec.onnx", dynamic_batch=True)
+    import onnxruntime as ort
+
+    batch = torch.randn(2, 3, 128, 128)
+    got = ort.InferenceSession(str(onnx_path)).run(None, {"images": batch.numpy()})[0]
+    with torch.no_grad():
+        want = seg_logits(model(batch)).argmax(1).numpy()
+    assert got.shape == (2, 128, 128) and got.dtype == np.uint8
+    assert len(np.unique(want)) >= 2 and (got == want).mean() > 0.999
