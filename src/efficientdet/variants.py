@@ -244,8 +244,8 @@ def segmentation_row(det: ModelConfig) -> ModelConfig:
         seg_head="p2" if paper else "decoder",
         seg_channels=2 * width,
         seg_layers=3,
-        paper_flops=18e9 if det.name == "efficientdet_d4" else None,
-        reference_params=17_000_000 if det.name == "efficientdet_d4" else None,
+        paper_flops=18e9 if paper else None,
+        reference_params=17_000_000 if paper else None,
     ).validate()
 
 

@@ -103,8 +103,10 @@ def train_step(state: TrainState, setup: StepSetup, images: torch.Tensor, target
             det_scale = float(world * (batch_positives + 1) / (dist.all_reduce(batch_positives.clone()) + 1))
     if segment:
         masks = torch.stack([x["mask"] for x in targets]).to(setup.device, non_blocking=True).long()
-        batch_valid = (masks != 255).sum().float()
-        batch_images = (masks != 255).flatten(1).any(dim=1).sum().float()  # micro-batch Dice weights
+        labelled = masks != 255
+        batch_valid = labelled.sum().float()
+        labelled_images = labelled.flatten(1).any(dim=1).float()  # (B,): the micro-batch Dice weights
+        batch_images = labelled_images.sum()
         if world > 1:  # a mean over the GLOBAL batch's labelled pixels, as in one process
             seg_scale = float(world * batch_valid / dist.all_reduce(batch_valid.clone()).clamp(min=1))
     state.optimizer.zero_grad(set_to_none=True)
@@ -129,11 +131,11 @@ def train_step(state: TrainState, setup: StepSetup, images: torch.Tensor, target
             if segment:
                 micro = masks[sl]
                 logits = outputs if isinstance(outputs, torch.Tensor) else outputs[2]
-                seg = segmentation_loss(logits, micro) * ((micro != 255).sum().float() / batch_valid.clamp(min=1))
+                seg = segmentation_loss(logits, micro) * (labelled[sl].sum().float() / batch_valid.clamp(min=1))
                 seg_global = seg * seg_scale
                 if setup.seg_dice:  # Dice over the global batch (over each micro-batch with accumulate > 1)
                     local, share = global_dice(logits, micro, world)
-                    weight = (micro != 255).flatten(1).any(dim=1).sum().float() / batch_images.clamp(min=1)
+                    weight = labelled_images[sl].sum() / batch_images.clamp(min=1)
                     seg = seg + setup.seg_dice * local * weight
                     seg_global = seg_global + setup.seg_dice * share * weight
                 loss = loss + setup.seg_weight * seg_global
