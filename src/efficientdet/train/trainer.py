@@ -38,6 +38,7 @@ from .build import (
     wrap_distributed,
 )
 from .config import TrainConfig
+from .precise_bn import calibration_loader, recompute_bn_statistics, trained_batch_norms
 from .resume import resolve_resume, run_dir_of
 from .run_dir import MetricsLog, image_grid, next_run_dir, plot_curves, plot_pr
 from .step import StepSetup, train_step
@@ -100,6 +101,8 @@ class Trainer:
         if dist.is_main():
             self.weights_dir.mkdir(parents=True, exist_ok=True)
             cfg.save_yaml(self.run_dir / "config.yaml")
+        self.set_train_mode()
+        self.bn_names = trained_batch_norms(self.model)  # the BatchNorms precise BN recomputes (not frozen ones)
         self.model, forward = wrap_distributed(self.model, self.device)
         self.state.model = self.model
         detect = "detect" in cfg.tasks
@@ -150,6 +153,23 @@ class Trainer:
         return save_checkpoint(self.weights_dir / "best.pt", self.state.ema.module,
                                extra={"epoch": self.state.epoch,
                                       "metrics": {k: float(metrics[k]) for k in self._metric_keys()}})
+
+    def calibrate_bn(self) -> int:
+        """Precise BN (:mod:`.precise_bn`): the EMA weights' BatchNorm statistics from up to
+        ``cfg.precise_bn`` training images; returns the images used (0 when off)."""
+        cfg = self.cfg
+        if not cfg.precise_bn or not self.bn_names:
+            return 0
+        c = self.model.config
+        t0 = time.perf_counter()
+        loader = calibration_loader(self.train_data, cfg.precise_bn, cfg.eval_batch_size, c.image_size, c.mean, c.std)
+        seen = recompute_bn_statistics(self.state.ema.module, (images for images, _ in loader), self.bn_names,
+                                       cfg.channels_last)
+        if not getattr(self, "_bn_logged", False):
+            log(f"BatchNorm statistics of the EMA weights recomputed on {seen} training images before validation "
+                f"and saving ({time.perf_counter() - t0:.1f} s; --precise-bn 0 turns it off)")
+            self._bn_logged = True
+        return seen
 
     def train_one_epoch(self) -> dict[str, float] | None:
         """Run the rest of the current epoch (from ``state.batch_in_epoch``); its mean loss terms.
@@ -270,8 +290,11 @@ class Trainer:
                 row: dict = {"epoch": self.state.epoch, **losses, "lr": self.state.optimizer.param_groups[0]["lr"],
                              "nan_steps": self.state.nan_steps}
                 stop_early = False
-                if dist.is_main() and self.val_data is not None and (
-                        self.state.epoch % cfg.val_interval == 0 or self.state.epoch == cfg.epochs):
+                validate = self.val_data is not None and (self.state.epoch % cfg.val_interval == 0
+                                                          or self.state.epoch == cfg.epochs)
+                if dist.is_main() and (validate or self.state.epoch == cfg.epochs):
+                    self.calibrate_bn()  # rank 0 evaluates and saves; the other ranks' EMA copies are not used
+                if dist.is_main() and validate:
                     metrics = self._validate()
                     row.update({k: metrics[k] for k in self._metric_keys()})
                     if metrics["score"] > self.state.best_ap:
