@@ -158,3 +158,25 @@ def test_onnx_argmax_export_of_the_decoder_rows(tmp_path):
         want = seg_logits(model(batch)).argmax(1).numpy()
     assert got.shape == (2, 128, 128) and got.dtype == np.uint8
     assert len(np.unique(want)) >= 2 and (got == want).mean() > 0.999
+
+
+def test_detector_on_a_segmentation_only_model_returns_masks(tmp_path):
+    """``Detector`` takes a segmentation-only checkpoint too: no boxes, ``.mask`` at the original size equal to
+    the Segmenter's; ``backend="auto"`` runs it in PyTorch; an explicit onnxruntime backend says what to use."""
+    from efficientdet import ConfigError, Detector
+
+    torch.manual_seed(0)
+    model = create_model("d0_seg", seg_classes=4, **TINY_SEG).eval()
+    with torch.no_grad():  # spread the random classes: every one wins somewhere
+        for p in model.seg_net.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    weights = save_checkpoint(tmp_path / "seg.pt", model)
+    image = (np.random.default_rng(0).random((77, 150, 3)) * 255).astype(np.uint8)
+    want = Segmenter(model)([image])[0]
+    assert len(np.unique(want)) >= 2
+    for det in (Detector(model)(image)[0], Detector(weights=weights, backend="auto")(image)[0]):
+        assert len(det) == 0 and det.boxes.shape == (0, 4)
+        assert det.mask.shape == (77, 150) and det.mask.dtype == np.uint8
+        assert (det.mask == want).mean() > 0.999
+    with pytest.raises(ConfigError, match="OnnxSegmenter"):
+        Detector(weights=weights, backend="onnxruntime")

@@ -22,8 +22,9 @@ class Detections:
         image_size: original (width, height). source: the file it came from, if any.
         track_ids: (n,) int64 persistent object id per detection when a tracker set it
             (:class:`efficientdet.track.Tracker`), else ``None``.
-        mask: joint detection + segmentation models only: (H, W) uint8 class indices at the original
-            size (segmentation classes, background 0); ``None`` otherwise.
+        mask: models that segment (joint detection + segmentation, or segmentation-only with no boxes):
+            (H, W) uint8 class indices at the original size (segmentation classes, background 0);
+            ``None`` otherwise.
     """
 
     boxes: np.ndarray

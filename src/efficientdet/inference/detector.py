@@ -104,8 +104,9 @@ class Detector:
 
     @property
     def segments(self) -> bool:
-        """Whether results carry a semantic ``Detections.mask``: a joint (detection + segmentation) model on
-        the PyTorch runner. Exported files and the onnxruntime backend hold the detection outputs only."""
+        """Whether results carry a semantic ``Detections.mask``: a joint (detection + segmentation) or a
+        segmentation-only model (no boxes then) on the PyTorch runner. Exported detection files and the
+        onnxruntime backend hold the detection outputs only (segmentation files: ``deploy.OnnxSegmenter``)."""
         return bool(getattr(self.config, "seg_head", None)) and self.model is not None
 
     @property
@@ -214,7 +215,11 @@ class Detector:
         if self.runner.outputs == "raw" and len(outputs) == 3:  # a joint model: segmentation logits too
             seg, outputs = outputs[2], outputs[:2]
         t2 = time.perf_counter()
-        outs = self.postprocess_outputs(outputs, scales, sizes)
+        if self.runner.outputs == "seg":  # a segmentation-only model: no boxes, the mask
+            seg = outputs[0]
+            outs = [(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))] * len(scales)
+        else:
+            outs = self.postprocess_outputs(outputs, scales, sizes)
         masks: list[Any] = [None] * len(prepared.images)
         if seg is not None:
             from .segmenter import logits_to_masks

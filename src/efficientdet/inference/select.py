@@ -279,6 +279,12 @@ def build_runner(
         raise ConfigError("--device cuda requested but no CUDA GPU is available; use --device cpu")
     given = isinstance(model, EfficientDet)
     net = model if given else create_model(model, weights=weights, num_classes=num_classes, image_size=image_size)
+    if not net.config.detect and backend != "torch":  # segmentation only: the detection export does not apply
+        if wanted_backend not in (None, "auto") or precision != "fp32":
+            raise ConfigError(f"{net.config.name} segments only; its exported file runs with "
+                              "efficientdet.deploy.OnnxSegmenter ('efficientdet export', then predict --masks); "
+                              "here use --backend torch --precision fp32")
+        backend = "torch"
     if backend == "torch":
         # a given model may still be training: a fused copy would not follow its weights
         dtype = torch.bfloat16 if precision == "bf16" else None

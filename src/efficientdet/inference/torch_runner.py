@@ -14,17 +14,16 @@ from ..model.efficientdet import EfficientDet, flatten_outputs
 
 
 class TorchRunner:
-    """``run(batch, canvas_hw)``: normalised batch -> flattened (B, N, C) logits and (B, N, 4) deltas."""
+    """``run(batch, canvas_hw)``: normalised batch -> flattened (B, N, C) logits and (B, N, 4) deltas
+    (``outputs == "raw"``); a segmentation-only model (``outputs == "seg"``) gives its (B, K, S, S) logits."""
 
     outputs = "raw"
 
     def __init__(self, model: EfficientDet, device: torch.device, optimize: bool,
                  dtype: torch.dtype | None = None) -> None:
         if not model.config.detect:
-            from ..errors import ConfigError
-
-            raise ConfigError(f"{model.config.name} is a segmentation model without detection heads; use "
-                              "efficientdet.inference.segmenter.Segmenter (or predict --masks)")
+            self.outputs = "seg"
+            optimize = False  # the BatchNorm folding covers the detection network's layers, not the decoder's
         self.model = model.eval().to(device)
         self.device = device
         self.config = model.config
@@ -63,6 +62,8 @@ class TorchRunner:
             ) -> tuple[torch.Tensor, ...]:
         """Flattened logits and deltas; for a joint model also the (B, K, S, S) segmentation logits."""
         outputs = self.network(self.to_tensor(batch))
+        if self.outputs == "seg":
+            return (outputs.float(),)
         out = flatten_outputs(outputs[0], outputs[1], self.config.num_classes)
         if out[0].dtype != torch.float32:
             out = (out[0].float(), out[1].float())
