@@ -119,6 +119,13 @@ def test_eval_predict_export_of_trained_weights(seg_run, seg_data, tmp_path, cap
     a = np.asarray(Image.open(tmp_path / "onnx_masks" / "00008.png"))
     b = np.asarray(Image.open(tmp_path / "masks" / "00008.png"))
     assert a.shape == b.shape and (a == b).mean() > 0.9  # nearest vs bilinear resize along class borders
+    # eval of the exported file (onnxruntime): the same classes and, up to those borders, the same scores
+    assert main(["eval", "--task", "segment", "--weights", str(onnx_path), "--images", images, "--annotations", root,
+                 "--json", str(tmp_path / "onnx.json")]) == 0
+    onnx_metrics = json.loads((tmp_path / "onnx.json").read_text())
+    assert list(onnx_metrics["per_class"]) == list(metrics["per_class"])
+    assert onnx_metrics["pixels"] == metrics["pixels"]
+    assert abs(onnx_metrics["pixel_accuracy"] - metrics["pixel_accuracy"]) < 0.05
 
 
 def _coco_with_polygons(root, n: int, seed: int) -> tuple[str, str]:

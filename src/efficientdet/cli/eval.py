@@ -26,20 +26,31 @@ def run_segment(args: argparse.Namespace) -> int:
     else:
         if not args.images or not args.weights:
             raise ConfigError("eval --task segment needs --weights and --images (or --predictions MASK_DIR)")
-        from ..factory import create_model
+        from ..inference.onnxrt import is_onnx_file
 
-        model = create_model(args.model, weights=args.weights, image_size=args.image_size)
+        if is_onnx_file(args.weights):  # an exported segmentation file: onnxruntime, no PyTorch network
+            from ..inference.seg_onnxrt import OnnxSegmenter
+
+            if args.image_size is not None or str(args.device) != "cpu":
+                raise ConfigError(f"{args.weights}: an exported file runs on the CPU at its exported size; drop "
+                                  "--image-size and --device")
+            model = OnnxSegmenter(args.weights, threads=getattr(args, "threads", None))
+        else:
+            from ..factory import create_model
+
+            model = create_model(args.model, weights=args.weights, image_size=args.image_size)
         if not model.config.seg_head:
             raise ConfigError(f"{args.weights}: a detection model has no segmentation head; eval it without --task "
                               "segment")
-        names = names or model.seg_class_names  # the checkpoint's classes, unless --names says otherwise
+        names = names or getattr(model, "seg_class_names", None) or getattr(model, "class_names", None)
     data = read_segmentation(args.images, args.annotations, names=names, split="val", strict=args.strict)
     if data.report.counts:
         print(data.report.summary(), file=sys.stderr)
     if model is None:
         metrics = score_mask_folder(args.predictions, data)
     else:
-        metrics = evaluate_segmentation(model.to(args.device), data, batch_size=args.batch_size, device=args.device,
+        metrics = evaluate_segmentation(model.to(args.device) if hasattr(model, "to") else model, data,
+                                        batch_size=args.batch_size, device=args.device,
                                         save_dir=args.save_predictions)
     print(f"{len(data)} images, {metrics['pixels']:,} labelled pixels")
     print(format_seg_metrics(metrics))

@@ -113,6 +113,8 @@ def evaluate_segmentation(
 ) -> dict[str, Any]:
     """mIoU & co. of ``model`` on a :class:`~efficientdet.data.segmentation.SegmentationData` split.
 
+    ``model``: an EfficientDet that segments, or a ready segmenter (``images -> [(H, W) uint8 masks]`` with a
+    ``config``, e.g. :class:`efficientdet.deploy.OnnxSegmenter` for an exported file).
     Each prediction is made at the original resolution (see
     :func:`~efficientdet.inference.segmenter.logits_to_masks`) and added to one confusion matrix;
     ``save_dir`` also writes each predicted mask as ``<stem>.png`` (palette); ``on_masks(samples, masks)``
@@ -120,21 +122,26 @@ def evaluate_segmentation(
     """
     from ..errors import ConfigError
     from ..images import load_image
-    from ..inference.segmenter import Segmenter
     from ..masks import save_palette_mask
 
     if model.config.seg_classes != data.num_classes:
         raise ConfigError(f"the model predicts {model.config.seg_classes} segmentation classes but the data has "
                           f"{data.num_classes} ({', '.join(data.class_names[:6])}...); pass the matching --names "
                           "or weights")
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    segmenter = Segmenter(model, device=device, batch_size=batch_size, image_size=image_size)
+    module = hasattr(model, "parameters")  # a PyTorch model, else a ready segmenter (an exported file)
+    was_training = model.training if module else False
+    if module:
+        from ..inference.segmenter import Segmenter
+
+        device = device or next(model.parameters()).device
+        segmenter = Segmenter(model, device=device, batch_size=batch_size, image_size=image_size)
+    else:
+        segmenter = model
     cm = ConfusionMatrix(data.num_classes)
     try:
         for start in range(0, len(data.samples), batch_size):
             samples = data.samples[start : start + batch_size]
-            masks = segmenter([load_image(s.path) for s in samples])
+            masks = segmenter([load_image(s.path) for s in samples], batch_size=batch_size)
             for s, pred in zip(samples, masks):
                 gt = s.load_mask()
                 if pred.shape != gt.shape:  # the image file changed since reading: score at the mask's size
@@ -145,15 +152,18 @@ def evaluate_segmentation(
             if on_masks is not None:
                 on_masks(samples, masks)
     finally:
-        model.train(was_training)
+        if module:
+            model.train(was_training)
     return cm.compute(data.class_names)
 
 
 def score_mask_folder(predictions: str | Path, data: Any) -> dict[str, Any]:
     """Score a folder of predicted PNG masks (``<image stem>.png``, class indices) against ``data``.
 
-    Raises DataError for a missing or unreadable prediction, or one whose size differs from the
-    ground truth (every image of the split must be predicted).
+    An image in a subfolder of the split (``part1/x.jpg``) may also have its mask at the same relative
+    path (``part1/x.png``), as ``predict --masks`` writes it for a folder with subfolders; that path is
+    tried first. Raises DataError for a missing or unreadable prediction, or one whose size differs from
+    the ground truth (every image of the split must be predicted).
     """
     from ..data.segmentation import read_mask
     from ..errors import DataError
@@ -163,7 +173,9 @@ def score_mask_folder(predictions: str | Path, data: Any) -> dict[str, Any]:
         raise DataError(f"{folder}: predictions folder not found; pass the folder of predicted PNG masks")
     cm = ConfusionMatrix(data.num_classes)
     for s in data.samples:
-        path = folder / f"{Path(s.file_name).stem}.png"
+        path = folder / Path(s.file_name).with_suffix(".png")
+        if not path.is_file():
+            path = folder / f"{Path(s.file_name).stem}.png"
         if not path.is_file():
             raise DataError(f"{path}: no prediction for {s.file_name}; predict every image of the split")
         pred = read_mask(path)
