@@ -162,6 +162,34 @@ def test_coco_polygons_rle_and_crowd_rasterised(tmp_path):
     assert target["iscrowd"].tolist() == [False, False, True, False] and target["mask"].shape == (30, 40)
 
 
+def test_coco_segmentations_that_cannot_be_rasterised_are_counted_and_named(tmp_path):
+    """An RLE encoded at another size, odd / non-numeric polygons and bad RLE counts are skipped, counted and
+    named (annotation id, field, fix); the good object is still painted."""
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (40, 30)).save(images / "a.png")
+    wrong = mask_utils.encode(np.asfortranarray(np.ones((37, 40), np.uint8)))  # 37 rows, the image has 30
+    wrong["counts"] = wrong["counts"].decode()
+    bad = [wrong, [[1, 1, 5, 1, 5]], [[1, 1, 5, 1, "x", 5]], {"size": [30, 40], "counts": [3, -1]}, {"size": [30, 40], "counts": [3, 5]},
+           {"size": 30, "counts": "abc"}]
+    doc = {"images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}],
+           "categories": [{"id": 3, "name": "cat"}],
+           "annotations": [{"id": 10 + i, "image_id": 1, "category_id": 3, "bbox": [1, 1, 4, 4], "iscrowd": 0,
+                            "segmentation": seg} for i, seg in enumerate(bad)]
+           + [{"id": 99, "image_id": 1, "category_id": 3, "bbox": [4, 4, 16, 16], "iscrowd": 0,
+               "segmentation": [[4, 4, 20, 4, 20, 20, 4, 20]]}]}
+    ann = tmp_path / "instances.json"
+    ann.write_text(json.dumps(doc))
+    data = read_segmentation(images, ann)
+    assert data.report.count("no_segmentation") == len(bad)
+    text = data.report.summary()
+    assert "annotation id 10: 'segmentation.size' is [37, 40] but the image is [height, width] = [30, 40]" in text
+    mask = data.samples[0].load_mask()  # rasterising raises nothing; only the good polygon is painted
+    assert (mask[6:18, 6:18] == 1).all() and (mask == 1).sum() == (mask != 0).sum()
+    with pytest.raises(DataError, match="annotation id 10"):
+        read_segmentation(images, ann, strict=True)
+
+
 def test_train_transform_moves_mask_with_image(tmp_path):
     img = np.zeros((40, 60, 3), np.uint8)
     img[:, :20] = (255, 0, 0)  # red left third

@@ -300,6 +300,35 @@ def read_voc_segmentation(root: str | Path, split: str = "train", images_dir: st
     return _pairs_to_data(pairs, class_names, True, report, f"{root} ({split})")
 
 
+def _coco_segmentation_problem(seg: Any, size: list[int] | None) -> str | None:
+    """What is wrong with a COCO ``segmentation`` field for an image of ``size`` = [height, width]; ``None``
+    when pycocotools can rasterise it (polygons: lists of >= 3 x, y number pairs; RLE: ``counts`` (a string,
+    or a list of run lengths) and ``size`` equal to the image's)."""
+    def number(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool) and v == v
+
+    if isinstance(seg, list):
+        if seg and all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 and all(map(number, p)) for p in seg):
+            return None
+        return ("'segmentation' polygons must be lists of at least 3 x, y number pairs [x1, y1, x2, y2, ...]; "
+                "fix or remove them")
+    if isinstance(seg, dict) and "counts" in seg and "size" in seg:
+        counts, rle_size = seg["counts"], seg["size"]
+        if not (isinstance(counts, str | bytes) or (isinstance(counts, list) and all(
+                isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts))):
+            return "'segmentation.counts' must be a compressed RLE string or a list of run lengths"
+        if not isinstance(rle_size, list | tuple) or len(rle_size) != 2:
+            return f"'segmentation.size' is {rle_size!r}; it must be the image's [height, width]"
+        if size is not None and list(rle_size) != list(size):
+            return (f"'segmentation.size' is {list(rle_size)} but the image is [height, width] = {size}; "
+                    "encode the RLE at the image's size")
+        if isinstance(counts, list) and size is not None and sum(counts) != size[0] * size[1]:
+            return (f"'segmentation.counts' run lengths sum to {sum(counts)}, not height x width = "
+                    f"{size[0] * size[1]}; re-encode the mask")
+        return None
+    return "no usable 'segmentation' (polygons or RLE)"
+
+
 def read_coco_segmentation(images_dir: str | Path, annotation_file: str | Path, strict: bool = False,
                            names: Any = None) -> SegmentationData:
     """COCO instances JSON -> semantic maps (class = category label + 1, crowd = 255)."""
@@ -309,16 +338,16 @@ def read_coco_segmentation(images_dir: str | Path, annotation_file: str | Path, 
     doc = load_json(annotation_file)
     label_of = {cid: i for i, cid in enumerate(det.category_ids)}
     by_image: dict[int, list] = {}
+    sizes = {s.image_id: [s.height, s.width] for s in det.samples}
     report = det.report
     for i, ann in enumerate(doc.get("annotations") or []):
         if not isinstance(ann, dict) or ann.get("category_id") not in label_of:
             continue  # counted by read_coco
         seg = ann.get("segmentation")
-        ok = (isinstance(seg, list) and seg and all(isinstance(p, list) and len(p) >= 6 for p in seg)) or (
-            isinstance(seg, dict) and "counts" in seg and "size" in seg)
-        if not ok:
-            report.add("no_segmentation", f"{annotation_file} annotation id {ann.get('id', i)}: no usable "
-                                          "'segmentation' (polygons or RLE); object not painted")
+        where = f"{annotation_file} annotation id {ann.get('id', i)}"
+        problem = _coco_segmentation_problem(seg, sizes.get(ann.get("image_id")))
+        if problem:
+            report.add("no_segmentation", f"{where}: {problem}; object not painted")
             continue
         area = ann.get("area")
         by_image.setdefault(ann.get("image_id"), []).append(
