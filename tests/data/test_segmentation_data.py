@@ -170,8 +170,8 @@ def test_coco_segmentations_that_cannot_be_rasterised_are_counted_and_named(tmp_
     Image.new("RGB", (40, 30)).save(images / "a.png")
     wrong = mask_utils.encode(np.asfortranarray(np.ones((37, 40), np.uint8)))  # 37 rows, the image has 30
     wrong["counts"] = wrong["counts"].decode()
-    bad = [wrong, [[1, 1, 5, 1, 5]], [[1, 1, 5, 1, "x", 5]], {"size": [30, 40], "counts": [3, -1]}, {"size": [30, 40], "counts": [3, 5]},
-           {"size": 30, "counts": "abc"}]
+    bad = [wrong, [[1, 1, 5, 1, 5]], [[1, 1, 5, 1, "x", 5]], {"size": [30, 40], "counts": [3, -1]},
+           {"size": [30, 40], "counts": [3, 5]}, {"size": 30, "counts": "abc"}]
     doc = {"images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}],
            "categories": [{"id": 3, "name": "cat"}],
            "annotations": [{"id": 10 + i, "image_id": 1, "category_id": 3, "bbox": [1, 1, 4, 4], "iscrowd": 0,
