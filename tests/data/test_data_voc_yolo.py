@@ -156,6 +156,12 @@ def test_yolo_names_sources(yolo, tmp_path):
     (tmp_path / "gap.yaml").write_text("names: {0: a, 2: b}\n")
     with pytest.raises(DataError, match="keys must be the class indices"):
         load_names(tmp_path / "gap.yaml")
+    # a text file: line i names class i, so a blank line inside would shift the classes after it
+    (tmp_path / "ok.txt").write_text("background\ncat\n\n\n")
+    assert load_names(tmp_path / "ok.txt") == ["background", "cat"]
+    (tmp_path / "hole.txt").write_text("background\n\ncat\n")
+    with pytest.raises(DataError, match=r"hole\.txt: line 2 is empty, but line i names class i"):
+        load_names(tmp_path / "hole.txt")
 
 
 @pytest.mark.parametrize(

@@ -185,6 +185,24 @@ def test_task_errors(seg_data, tmp_path, capsys):
     assert rc == 2 and "needs COCO json annotations" in capsys.readouterr().err
     rc = main(["eval", "--task", "segment", "--images", images, "--annotations", root])
     assert rc == 2 and "needs --weights and --images" in capsys.readouterr().err
+    rc = main(["train", "--task", "segment", "--model", "d0_seg", "--train-annotations",
+               str(seg_data["root"] / "SegmentationClass"), "--epochs", "1", "--out", str(tmp_path / "y"), *COMMON])
+    assert rc == 2 and "a mask folder needs the images folder" in capsys.readouterr().err
+
+
+def test_voc_root_without_image_folders_and_eval_task_from_the_weights(seg_data, seg_run, tmp_path):
+    """A VOC root brings its JPEGImages/: train and eval need no image folder; eval of a segmentation-only
+    checkpoint scores masks without --task segment (it used to compute box AP 0 from a model without boxes)."""
+    root, images = str(seg_data["root"]), str(seg_data["images"])
+    assert main(["train", "--task", "segment", "--model", "d0_seg", "--train-annotations", root, "--val-annotations",
+                 root, "--epochs", "1", "--out", str(tmp_path / "run"), *COMMON, *TINY_SEG, "--no-plots"]) == 0
+    assert (tmp_path / "run" / "weights" / "best.pt").is_file()
+    weights = str(seg_run / "weights" / "best.pt")
+    assert main(["eval", "--weights", weights, "--annotations", root, "--json", str(tmp_path / "a.json")]) == 0
+    assert main(["eval", "--task", "segment", "--weights", weights, "--images", images, "--annotations", root,
+                 "--json", str(tmp_path / "b.json")]) == 0
+    a = json.loads((tmp_path / "a.json").read_text())
+    assert "mIoU" in a and a == json.loads((tmp_path / "b.json").read_text())
 
 
 def test_two_processes_match_one_segmentation(seg_data, tmp_path):

@@ -24,7 +24,7 @@ def run_segment(args: argparse.Namespace) -> int:
         if args.weights:
             raise ConfigError("--predictions scores a folder of predicted masks: do not pass --weights with it")
     else:
-        if not args.images or not args.weights:
+        if not args.weights:  # --images may be left out for a VOC root (its JPEGImages/)
             raise ConfigError("eval --task segment needs --weights and --images (or --predictions MASK_DIR)")
         from ..inference.onnxrt import is_onnx_file
 
@@ -62,6 +62,10 @@ def run_segment(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     from ..eval.coco import evaluate_detections, format_metrics, load_predictions
 
+    if args.task is None:  # from the weights: a segmentation-only checkpoint or export is scored by mIoU
+        from ..inference.tasks import SEGMENT, weights_task
+
+        args.task = "segment" if args.weights and weights_task(args.weights) == SEGMENT else "detect"
     if args.task == "segment":
         return run_segment(args)
 
@@ -119,9 +123,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "COCO results file with --predictions. --task segment: mIoU, per-class IoU, pixel "
                                    "and mean accuracy, fwIoU from one confusion matrix at each image's original "
                                    "resolution (255 ignored).")
-    p.add_argument("--task", choices=("detect", "segment"), default="detect",
+    p.add_argument("--task", choices=("detect", "segment"), default=None,
                    help="detect (COCO box metrics) or segment (masks: --annotations is a folder of PNG masks named "
-                        "by the image stems, a VOC root (val list) or COCO json)")
+                        "by the image stems, a VOC root (val list) or COCO json); default: segment for a "
+                        "segmentation-only checkpoint or export, else detect")
     p.add_argument("--names", help="segment: labels.txt, class i on line i, background first (default: the "
                                    "checkpoint's classes)")
     add_model_options(p)

@@ -84,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
         runtime = {k: v for k, v in given.items() if k in RUNTIME_FIELDS}
         result = train(None, resume=args.resume, runtime=runtime)
     else:
-        if not (given.get("train_images") and given.get("train_annotations")):
+        segment = "segment" in str(given.get("task", "detect"))  # a VOC root names its JPEGImages/ itself
+        if not (given.get("train_annotations") and (given.get("train_images") or segment)):
             raise ConfigError("--train-images and --train-annotations are required (or --resume RUN)")
         result = train(TrainConfig(**given))
     return 130 if result.interrupted else 0

@@ -46,9 +46,14 @@ def load_names(path: str | Path) -> list[str]:
             raise DataError(f"{p}: expected a non-empty 'names:' list (or index: name mapping); add it")
         out = [str(n) for n in names]
     else:
-        out = [line.strip() for line in text.splitlines() if line.strip()]
+        out = [line.strip() for line in text.splitlines()]
+        while out and not out[-1]:  # trailing blank lines
+            out.pop()
         if not out:
             raise DataError(f"{p}: the class names file is empty; write one class name per line")
+        if "" in out:  # line i names class i: a blank line would shift every class after it
+            raise DataError(f"{p}: line {out.index('') + 1} is empty, but line i names class i; remove the line or "
+                            "write the class name")
     if len(set(out)) != len(out):
         raise DataError(f"{p}: duplicate class names in {out[:20]}; give each class once")
     return out

@@ -67,10 +67,10 @@ def build_data(cfg: TrainConfig) -> tuple[Any, Any]:
     if "segment" in cfg.tasks:
         from .seg import read_seg_split
 
-        train_data = read_seg_split(cfg.train_images, cfg.train_annotations, cfg.names, "train", cfg.strict, "train",
-                                    log)
-        val_data = (read_seg_split(cfg.val_images, cfg.val_annotations, cfg.names, "val", cfg.strict, "val", log)
-                    if cfg.val_annotations else None)
+        train_data = read_seg_split(cfg.train_images or None, cfg.train_annotations, cfg.names, "train",
+                                    cfg.strict, "train", log)
+        val_data = (read_seg_split(cfg.val_images or None, cfg.val_annotations, cfg.names, "val", cfg.strict,
+                                   "val", log) if cfg.val_annotations else None)
         if "detect" in cfg.tasks and any(d is not None and d.detection is None for d in (train_data, val_data)):
             raise ConfigError("--task detect,segment needs COCO json annotations (boxes and polygons/RLE) for "
                               "--train-annotations and --val-annotations")

@@ -161,7 +161,9 @@ class TrainConfig:
             raise ConfigError(f"task {self.task!r} is not one of detect, segment, detect,segment")
         if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
-        if (self.val_images is None) != (self.val_annotations is None):
+        # segmentation: a VOC root as --val-annotations brings its own JPEGImages/ (the reader checks the rest)
+        if (self.val_images is None) != (self.val_annotations is None) and not (
+                "segment" in self.task and self.val_annotations is not None):
             raise ConfigError("give both --val-images and --val-annotations, or neither")
 
     @property
