@@ -89,6 +89,49 @@ def test_eval_predictions_file_by_file_name(tmp_path, photo_files, capsys):
                             "ARl", "per_class"}
 
 
+def test_eval_matches_voc_classes_to_the_model_by_name(tmp_path, photo_files, tiny_weights, capsys):
+    """A model trained with COCO ids (circle 3, square 7) scored on VOC xml (whose reader numbers classes 1..C
+    from the sorted names) gives the COCO json's numbers for the same boxes; a class the model lacks is named
+    and counts as missed. The ground truth is the model's own best box per image, so the scores are > 0."""
+    assert main(["predict", *map(str, photo_files), "--weights", str(tiny_weights), "--json",
+                 str(tmp_path / "p.json"), "--score-threshold", "0.01"]) == 0
+    best: dict[str, dict] = {}
+    for r in json.loads((tmp_path / "p.json").read_text()):
+        if r["file_name"] not in best or r["score"] > best[r["file_name"]]["score"]:
+            best[r["file_name"]] = r
+    voc = tmp_path / "voc"
+    voc.mkdir()
+    coco = {"images": [], "annotations": [], "categories": [{"id": 3, "name": "circle"}, {"id": 7, "name": "square"},
+                                                              {"id": 9, "name": "triangle"}]}
+    for i, path in enumerate(photo_files, 1):
+        w, h = Image.open(path).size
+        r = best[path.name]
+        x, y, bw, bh = r["bbox"]
+        objects = [(r["category_name"], (x, y, x + bw, y + bh)), ("triangle", (1, 1, 30, 30))]
+        xml = "".join(f"<object><name>{n}</name><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax>"
+                      f"<ymax>{y2}</ymax></bndbox></object>" for n, (x1, y1, x2, y2) in objects)
+        (voc / f"{path.stem}.xml").write_text(f"<annotation><filename>{path.name}</filename><size><width>{w}</width>"
+                                              f"<height>{h}</height></size>{xml}</annotation>")
+        coco["images"].append({"id": i, "file_name": path.name, "width": w, "height": h})
+        for n, (x1, y1, x2, y2) in objects:
+            cid = {"circle": 3, "square": 7, "triangle": 9}[n]
+            coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": i, "iscrowd": 0,
+                                        "category_id": cid, "bbox": [x1, y1, x2 - x1, y2 - y1],
+                                        "area": (x2 - x1) * (y2 - y1)})
+    (tmp_path / "gt.json").write_text(json.dumps(coco))
+    common = ["eval", "--weights", str(tiny_weights), "--images", str(tmp_path)]
+    assert main([*common, "--annotations", str(voc), "--json", str(tmp_path / "voc.json")]) == 0
+    assert "1 class(es) not among the 2 expected (triangle)" in capsys.readouterr().err
+    assert main([*common, "--annotations", str(tmp_path / "gt.json"), "--json", str(tmp_path / "coco.json")]) == 0
+    by_voc, by_coco = (json.loads((tmp_path / f"{k}.json").read_text()) for k in ("voc", "coco"))
+    classes = {r["category_name"] for r in best.values()}
+    for name in classes:  # the model's best boxes are found again under their own classes
+        assert by_voc["per_class_AP50"][name] > 0.5
+        # VOC's 1-based pixel coordinates move the boxes by up to a pixel: close, not equal
+        assert by_voc["per_class_AP50"][name] == pytest.approx(by_coco["per_class_AP50"][name], abs=0.1)
+    assert by_voc["per_class_AP50"]["triangle"] == by_coco["per_class_AP50"]["triangle"] == 0.0
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

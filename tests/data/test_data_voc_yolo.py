@@ -214,3 +214,51 @@ def test_yolo_to_coco_round_trip(yolo, tmp_path):
     for s1, s2 in zip(data.samples, back.samples):
         np.testing.assert_allclose(s1.boxes, s2.boxes, atol=1e-4)
         assert s1.labels.tolist() == s2.labels.tolist()
+
+
+def test_align_classes_by_name_case_index_and_id():
+    """Data relabelled to a model's (or the training split's) classes: by name, then ignoring case; classes the
+    list lacks keep their boxes under a new id; by index when no name matches; COCO ids kept when known."""
+    from efficientdet.data.records import DetectionData, Sample, align_classes
+
+    def data(names, ids, labels):
+        s = Sample(1, "a.jpg", Path("a.jpg"), 10, 10, np.tile([[0, 0, 5, 5]], (len(labels), 1)), labels,
+                   np.zeros(len(labels), bool))
+        return DetectionData([s], names, ids, source="val")
+
+    d = data(["Red", "blue", "cyan"], [1, 2, 3], [0, 1, 2, 2])  # a VOC split: sorted names, ids 1..3
+    got, notes = align_classes(d, ["Blue", "Red", "green"], [17, 3, 90])
+    assert got.samples[0].labels.tolist() == [1, 0, 3, 3]  # Red -> 1, blue -> Blue (case), cyan -> new class 3
+    assert got.class_names == ["Blue", "Red", "green", "cyan"] and got.category_ids == [17, 3, 90, 91]
+    assert len(notes) == 1 and "1 class(es) not among the 3 expected (cyan)" in notes[0]
+    same = data(["x", "y"], [1, 2], [1])
+    assert align_classes(same, ["x", "y"], [1, 2]) == (same, [])
+    by_index, notes = align_classes(data(["class0", "class1"], [1, 2], [1]), ["cat", "dog"], [5, 6])
+    assert by_index.samples[0].labels.tolist() == [1] and by_index.category_ids == [5, 6]
+    assert "matched by index" in notes[0]
+    coco = data(["motorbike"], [4], [0])  # COCO json: a known id wins over a differing name
+    assert align_classes(coco, ["person", "bicycle", "car", "motorcycle"], [1, 2, 3, 4], by_id=True) == (coco, [])
+
+
+def test_training_numbers_a_voc_val_split_like_the_train_split(tmp_path):
+    """VOC numbers the classes of each split from its own names; val must follow train (a val split without
+    one class used to shift every id after it, and validation scored each class against another)."""
+    from efficientdet.train.build import build_data
+    from efficientdet.train.config import TrainConfig
+
+    for split, names in (("train", ["dog", "cat", "bird"]), ("val", ["dog", "bird"])):
+        for i, name in enumerate(names):
+            _image(tmp_path / split / "images" / f"{i}.jpg", 60, 40)
+            ann = tmp_path / split / "ann" / f"{i}.xml"
+            ann.parent.mkdir(parents=True, exist_ok=True)
+            ann.write_text(_xml(f"{i}.jpg", 60, 40, [_obj(name, (5, 5, 30, 30))]))
+    cfg = TrainConfig(train_images=str(tmp_path / "train" / "images"),
+                      train_annotations=str(tmp_path / "train" / "ann"),
+                      val_images=str(tmp_path / "val" / "images"), val_annotations=str(tmp_path / "val" / "ann"),
+                      batch_size=1)
+    train, val = build_data(cfg)
+    assert train.class_names == ["bird", "cat", "dog"]
+    assert read_voc(tmp_path / "val" / "images", tmp_path / "val" / "ann").class_names == ["bird", "dog"]
+    assert val.class_names == train.class_names and val.category_ids == train.category_ids
+    named = {s.file_name: train.class_names[int(s.labels[0])] for s in val.samples}
+    assert named == {"0.jpg": "dog", "1.jpg": "bird"}

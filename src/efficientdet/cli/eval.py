@@ -94,6 +94,15 @@ def run(args: argparse.Namespace) -> int:
             args, threads=sharding.threads_per_process(), score_threshold=DEFAULTS.score_threshold,
             max_det=DEFAULTS.max_det, soft_nms=args.soft_nms or None))
         detector = tiled(detector, args, DEFAULTS.max_det)
+        # the data set's classes as the model numbers them: by name for VOC / YOLO (their readers number the
+        # classes 1..C themselves), by category id for COCO json when the ids are the model's
+        from ..data.read import detect_format
+        from ..data.records import align_classes
+
+        coco = (args.format if args.format != "auto" else detect_format(args.annotations)) == "coco"
+        data, notes = align_classes(data, detector.class_names, detector.category_ids, by_id=coco)
+        for note in notes if rank == 0 else []:
+            print(f"warning: {note}", file=sys.stderr)
         if world > 1:
             from ..eval.coco import evaluate_detections
             from ..eval.run import predict_dataset

@@ -15,6 +15,7 @@ counted in a :class:`LoadReport`; with ``strict=True`` the first such problem is
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,6 +219,55 @@ class DetectionData:
             "annotations": annotations,
             "categories": categories,
         }
+
+
+def align_classes(data: DetectionData, class_names: list[str], category_ids: list[int], by_id: bool = False
+                  ) -> tuple[DetectionData, list[str]]:
+    """``data`` relabelled to another class list (a model's, or the training split's), matched by name.
+
+    ``by_id`` (COCO json data, whose category ids mean something): when every category id of ``data`` is
+    among ``category_ids`` the data is returned as it is (ids match, as COCO evaluation does); otherwise
+    the names decide as below. VOC / YOLO readers number the classes themselves, so names decide.
+
+    Labels and category ids become those of ``class_names`` / ``category_ids`` for the classes whose names
+    match (exactly, else ignoring case); classes of ``data`` that the list lacks keep their boxes under a
+    new, unused category id (so a model that cannot predict them scores 0 on them, as it should). When no
+    name matches but the class counts are equal, the classes are matched by index (a data set without
+    names). Returns the new data (the same object when nothing changes) and warnings to show.
+    """
+    if list(data.class_names) == list(class_names) and list(data.category_ids) == list(category_ids):
+        return data, []
+    if by_id and set(data.category_ids) <= set(category_ids):
+        return data, []
+    exact = {n: i for i, n in enumerate(class_names)}
+    folded: dict[str, int] = {}
+    for i, n in enumerate(class_names):
+        folded.setdefault(str(n).casefold(), i)
+    mapping: dict[int, int] = {}
+    for label, name in enumerate(data.class_names):
+        if name in exact:
+            mapping[label] = exact[name]
+        elif str(name).casefold() in folded:
+            mapping[label] = folded[str(name).casefold()]
+    notes: list[str] = []
+    if not mapping and len(data.class_names) == len(class_names):
+        mapping = {i: i for i in range(len(class_names))}
+        notes.append(f"{data.source}: no class name in common with {class_names[:5]}...; classes matched by index")
+    names, ids = list(class_names), list(category_ids)
+    missing = [n for label, n in enumerate(data.class_names) if label not in mapping]
+    next_id = max([0, *ids]) + 1
+    for label, name in enumerate(data.class_names):
+        if label not in mapping:
+            mapping[label] = len(names)
+            names.append(name)
+            ids.append(next_id)
+            next_id += 1
+    if missing:
+        notes.append(f"{data.source}: {len(missing)} class(es) not among the {len(class_names)} expected "
+                     f"({', '.join(map(str, missing[:8]))}); their boxes count as missed")
+    lut = np.asarray([mapping[i] for i in range(len(data.class_names))], dtype=np.int64)
+    samples = [dataclasses.replace(s, labels=lut[s.labels] if len(s.labels) else s.labels) for s in data.samples]
+    return DetectionData(samples, names, ids, data.report, data.source), notes
 
 
 def empty_sample(image_id: int, file_name: str, path: Path, width: int, height: int) -> Sample:

@@ -54,6 +54,12 @@ def read_split(cfg: TrainConfig, images: str, annotations: str, what: str) -> De
     names = cfg.names if cfg.format in ("voc", "yolo") or (cfg.format == "auto" and cfg.names) else None
     data = read_dataset(cfg.format, images, annotations, strict=cfg.strict, class_names=names)
     summary = data.report.summary()
+    folded: dict[str, str] = {}
+    for name in data.class_names:
+        other = folded.setdefault(str(name).casefold(), name)
+        if other != name:
+            log(f"warning: {what} classes {other!r} and {name!r} differ only by case and are trained as two "
+                "classes; rename them in the annotations or pass --names")
     log(f"{what}: {len(data)} images, {data.num_boxes} boxes, {data.num_classes} classes"
         + (f"; {data.report.total_dropped} dropped" if data.report.total_dropped else ""))
     if summary:
@@ -75,8 +81,16 @@ def build_data(cfg: TrainConfig) -> tuple[Any, Any]:
             raise ConfigError("--task detect,segment needs COCO json annotations (boxes and polygons/RLE) for "
                               "--train-annotations and --val-annotations")
     else:
+        from ..data.read import detect_format
+        from ..data.records import align_classes
+
         train_data = read_split(cfg, cfg.train_images, cfg.train_annotations, "train")
         val_data = read_split(cfg, cfg.val_images, cfg.val_annotations, "val") if cfg.val_images else None
+        if val_data is not None:  # numbered as training numbers them (VOC / YOLO readers number each split)
+            coco = (cfg.format if cfg.format != "auto" else detect_format(cfg.val_annotations)) == "coco"
+            val_data, notes = align_classes(val_data, train_data.class_names, train_data.category_ids, by_id=coco)
+            for note in notes:
+                log(f"warning: {note}")
     if len(train_data) < cfg.batch_size:
         raise DataError(f"{cfg.train_annotations}: {len(train_data)} training images, fewer than "
                         f"--batch-size {cfg.batch_size}; lower the batch size")
