@@ -198,8 +198,13 @@ def test_truncated(tmp_path, fmt):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(DataError, match=rf"cut\.{fmt.lower()}.*(truncated|corrupt|decode)"):
         load_image(path)
-    # the header is intact, so the size can still be read quickly
-    assert image_size(path) == (64, 64)
+    # the header is intact, but the data-set readers must refuse it at load, not mid-training: the size check
+    # looks for the end-of-image marker in the last 4 KB
+    with pytest.raises(DataError, match=rf"cut\.{fmt.lower()}: truncated {fmt} file"):
+        image_size(path)
+    padded = tmp_path / f"padded.{fmt.lower()}"  # complete, with bytes after the end marker: fine
+    padded.write_bytes(data + b"\0" * 100)
+    assert image_size(padded) == (64, 64) and load_image(padded).size == (64, 64)
 
 
 def test_decompression_bomb_refused_fast(tmp_path):

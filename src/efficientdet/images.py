@@ -193,14 +193,34 @@ def load_image(source: str | Path | bytes) -> Image.Image:
     return rgb
 
 
+#: the end-of-image markers a complete file has near its end (trailing padding after them is allowed)
+_END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}
+_TAIL_BYTES = 4096
+
+
+def _check_complete(path: Path, fmt: str | None) -> None:
+    """Raise DataError when a JPEG / PNG file stops before its end-of-image marker (a partial copy or
+    download): its header reads fine, so without this the failure would come at decoding, mid-run."""
+    marker = _END_MARKERS.get(fmt or "")
+    if marker is None:
+        return
+    with open(path, "rb") as f:
+        f.seek(max(0, f.seek(0, 2) - _TAIL_BYTES))
+        tail = f.read()
+    if marker not in tail:
+        raise DataError(f"{path}: truncated {fmt} file (it ends before its end-of-image marker); replace the file")
+
+
 def image_size(path: str | Path) -> tuple[int, int]:
-    """``(width, height)`` in pixels after EXIF orientation, read from the header only (fast).
+    """``(width, height)`` in pixels after EXIF orientation, read from the header (and, for JPEG / PNG, the
+    last 4 KB: a truncated file is refused here rather than when it is decoded).
 
     Raises:
-        DataError: missing, empty or non-image file, or an image larger than ``MAX_IMAGE_PIXELS``.
+        DataError: missing, empty, truncated or non-image file, or an image larger than ``MAX_IMAGE_PIXELS``.
     """
     image = _open(path)
     try:
+        _check_complete(Path(path), image.format)
         w, h = image.size
         if _orientation(image) in (5, 6, 7, 8):
             w, h = h, w
