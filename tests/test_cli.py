@@ -120,8 +120,14 @@ def test_eval_matches_voc_classes_to_the_model_by_name(tmp_path, photo_files, ti
                                         "area": (x2 - x1) * (y2 - y1)})
     (tmp_path / "gt.json").write_text(json.dumps(coco))
     common = ["eval", "--weights", str(tiny_weights), "--images", str(tmp_path)]
-    assert main([*common, "--annotations", str(voc), "--json", str(tmp_path / "voc.json")]) == 0
+    assert main([*common, "--annotations", str(voc), "--json", str(tmp_path / "voc.json"), "--save-predictions",
+                 str(tmp_path / "saved.json")]) == 0
     assert "1 class(es) not among the 2 expected (triangle)" in capsys.readouterr().err
+    # the saved detections scored against the VOC folder (--predictions, with --images) give the same numbers
+    assert main(["eval", "--predictions", str(tmp_path / "saved.json"), "--images", str(tmp_path), "--annotations",
+                 str(voc), "--json", str(tmp_path / "again.json")]) == 0
+    again, first = (json.loads((tmp_path / f"{k}.json").read_text()) for k in ("again", "voc"))
+    assert again["AP"] == first["AP"] and again["per_class"] == first["per_class"]
     assert main([*common, "--annotations", str(tmp_path / "gt.json"), "--json", str(tmp_path / "coco.json")]) == 0
     by_voc, by_coco = (json.loads((tmp_path / f"{k}.json").read_text()) for k in ("voc", "coco"))
     classes = {r["category_name"] for r in best.values()}

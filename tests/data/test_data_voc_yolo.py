@@ -262,3 +262,16 @@ def test_training_numbers_a_voc_val_split_like_the_train_split(tmp_path):
     assert val.class_names == train.class_names and val.category_ids == train.category_ids
     named = {s.file_name: train.class_names[int(s.labels[0])] for s in val.samples}
     assert named == {"0.jpg": "dog", "1.jpg": "bird"}
+
+
+def test_training_warns_about_classes_without_boxes(tmp_path, capsys):
+    from efficientdet.train.build import build_data
+    from efficientdet.train.config import TrainConfig
+
+    _image(tmp_path / "images" / "0.jpg", 60, 40)
+    (tmp_path / "ann").mkdir()
+    (tmp_path / "ann" / "0.xml").write_text(_xml("0.jpg", 60, 40, [_obj("cat", (5, 5, 30, 30))]))
+    (tmp_path / "names.txt").write_text("cat\ndog\neel\n")
+    build_data(TrainConfig(train_images=str(tmp_path / "images"), train_annotations=str(tmp_path / "ann"),
+                           names=str(tmp_path / "names.txt"), batch_size=1))
+    assert "2 of 3 classes have no training box (dog, eel)" in capsys.readouterr().err

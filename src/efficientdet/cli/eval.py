@@ -59,6 +59,36 @@ def run_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _folder_ground_truth(args: argparse.Namespace) -> dict:
+    """VOC / YOLO ground truth as a COCO dict for ``--predictions``, its classes numbered as the predictions
+    name them (``predict --json`` records carry ``category_name``; else the reader's 1..C)."""
+    from ..data import read_dataset
+    from ..data.records import align_classes
+
+    if not args.images:
+        raise ConfigError(f"--predictions with {args.annotations} (VOC / YOLO annotations) needs --images too")
+    data = read_dataset(args.format, args.images, args.annotations, strict=args.strict)
+    if data.report.counts:
+        print(data.report.summary(), file=sys.stderr)
+    try:
+        records = json.loads(Path(args.predictions).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        records = None  # load_predictions reports what is wrong with the file
+    named = {}
+    for r in records if isinstance(records, list) else []:
+        if isinstance(r, dict) and isinstance(r.get("category_name"), str) and isinstance(r.get("category_id"), int):
+            named.setdefault(r["category_name"], r["category_id"])
+    if named:
+        data, notes = align_classes(data, list(named), list(named.values()))
+        for note in notes:
+            print(f"warning: {note}", file=sys.stderr)
+    else:
+        print(f"warning: {args.predictions} names no classes (no category_name); its category ids are matched to "
+              f"{args.annotations}'s classes numbered 1..{data.num_classes} in {data.class_names[:5]}... order",
+              file=sys.stderr)
+    return data.to_coco()
+
+
 def run(args: argparse.Namespace) -> int:
     from ..eval.coco import evaluate_detections, format_metrics, load_predictions
 
@@ -70,12 +100,17 @@ def run(args: argparse.Namespace) -> int:
         return run_segment(args)
 
     if args.predictions:
-        if args.images or args.weights:
-            raise ConfigError("--predictions scores a results file: do not pass --images/--weights with it")
+        if args.weights:
+            raise ConfigError("--predictions scores a results file: do not pass --weights with it")
         if args.tile is not None:
             raise ConfigError("--tile runs a model: it does not apply to --predictions")
-        preds = load_predictions(args.predictions, args.annotations)
-        metrics = evaluate_detections(args.annotations, preds, backend=args.coco_backend)
+        truth: object = args.annotations
+        if Path(args.annotations).is_dir():  # VOC xml / YOLO txt: read with the images, as COCO ground truth
+            truth = _folder_ground_truth(args)
+        elif args.images:
+            raise ConfigError("--predictions with a COCO json needs no --images; drop it")
+        preds = load_predictions(args.predictions, truth)
+        metrics = evaluate_detections(truth, preds, backend=args.coco_backend)
         if getattr(preds, "num_unmatched", 0):
             print(f"warning: {preds.num_unmatched} prediction(s) name images not in {args.annotations} "
                   "(skipped)", file=sys.stderr)

@@ -60,6 +60,17 @@ def read_split(cfg: TrainConfig, images: str, annotations: str, what: str) -> De
         if other != name:
             log(f"warning: {what} classes {other!r} and {name!r} differ only by case and are trained as two "
                 "classes; rename them in the annotations or pass --names")
+    if what == "train" and data.samples:
+        import numpy as np
+
+        seen = np.zeros(data.num_classes, bool)
+        for smp in data.samples:
+            seen[smp.labels] = True
+        if not seen.all():
+            empty = [data.class_names[i] for i in np.flatnonzero(~seen)]
+            log(f"warning: {len(empty)} of {data.num_classes} classes have no training box "
+                f"({', '.join(map(str, empty[:8]))}{', ...' if len(empty) > 8 else ''}); they cannot be learned: "
+                "check --names and the labels")
     log(f"{what}: {len(data)} images, {data.num_boxes} boxes, {data.num_classes} classes"
         + (f"; {data.report.total_dropped} dropped" if data.report.total_dropped else ""))
     if summary:
