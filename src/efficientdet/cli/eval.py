@@ -128,7 +128,6 @@ def run(args: argparse.Namespace) -> int:
         detector = sharding.rank_zero_first(rank, world, lambda: make_detector(
             args, threads=sharding.threads_per_process(), score_threshold=DEFAULTS.score_threshold,
             max_det=DEFAULTS.max_det, soft_nms=args.soft_nms or None))
-        detector = tiled(detector, args, DEFAULTS.max_det)
         # the data set's classes as the model numbers them: by name for VOC / YOLO (their readers number the
         # classes 1..C themselves), by category id for COCO json when the ids are the model's
         from ..data.read import detect_format
@@ -138,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         data, notes = align_classes(data, detector.class_names, detector.category_ids, by_id=coco)
         for note in notes if rank == 0 else []:
             print(f"warning: {note}", file=sys.stderr)
+        detector = tiled(detector, args, DEFAULTS.max_det)
         if world > 1:
             from ..eval.coco import evaluate_detections
             from ..eval.run import predict_dataset
