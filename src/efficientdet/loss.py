@@ -76,6 +76,33 @@ def _focal_terms(
     return weight * torch.exp(gamma * F.logsigmoid(s)) * ce
 
 
+def _log_sigmoid_softplus(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logsigmoid(x), softplus(x))`` from one ``exp`` and one ``log`` over ``x`` (new tensors).
+
+    ``softplus(-|x|) = log(1 + exp(-|x|))``, then ``logsigmoid(x) = min(x, 0) - softplus(-|x|)`` and
+    ``softplus(x) = max(x, 0) + softplus(-|x|)``. PyTorch's CPU ``softplus`` / ``logsigmoid`` / ``log1p``
+    kernels are not vectorised (~20 ms each over D0's 4.4M logits of one image, against ~2.5 ms for
+    ``exp`` / ``log``); this form is 3x faster for the whole focal term. ``log(1 + e)`` rounds to 0 for
+    ``e < 6e-8`` (``|x| > 16.6``), an absolute error below 6e-8 in ``softplus(-|x|)``.
+    """
+    sp_neg_abs = torch.exp(-x.abs()).add_(1.0).log_()
+    log_sig = torch.clamp(x, max=0).sub_(sp_neg_abs)
+    return log_sig, sp_neg_abs.add_(torch.clamp(x, min=0))
+
+
+def _negative_focal(x: torch.Tensor, gamma: float, ls: float, derivative: bool) -> torch.Tensor:
+    """Target-0 focal term ``σ(x)^γ · ce(x)`` (``ce = softplus(x) - ls x / 2``, alpha left out), or with
+    ``derivative`` its derivative ``σ(x)^γ · (γ (1 - σ(x)) ce(x) + σ(x) - ls / 2)``; float32, elementwise."""
+    log_sig, ce = _log_sigmoid_softplus(x)
+    if ls > 0:
+        ce.sub_(x, alpha=0.5 * ls)
+    modulator = log_sig.mul_(gamma).exp_()
+    if not derivative:
+        return modulator.mul_(ce)
+    sig = torch.sigmoid(x)
+    return modulator.mul_(ce.mul_(1.0 - sig).mul_(gamma).add_(sig).sub_(0.5 * ls))
+
+
 class _NegativeFocalSum(torch.autograd.Function):
     """``Σ mask[..., None] * focal_t0(x)`` over a (B, N, C) float32 tensor, with a hand-written backward.
 
@@ -92,8 +119,8 @@ class _NegativeFocalSum(torch.autograd.Function):
         ctx.params = (alpha, gamma, ls)
         total = x.new_zeros(())
         for i in range(x.shape[0]):  # one image at a time bounds the temporaries
-            per_anchor = _focal_terms(x[i], False, alpha, gamma, ls).sum(dim=-1)
-            total = total + (per_anchor * mask[i]).sum()
+            per_anchor = _negative_focal(x[i], gamma, ls, derivative=False).sum(dim=-1)
+            total = total + (per_anchor * mask[i]).sum() * (1.0 - alpha)
         return total
 
     @staticmethod
@@ -102,13 +129,8 @@ class _NegativeFocalSum(torch.autograd.Function):
         alpha, gamma, ls = ctx.params
         grad_x = torch.empty_like(x)
         for i in range(x.shape[0]):
-            s = x[i]
-            sig = torch.sigmoid(s)
-            ce = F.softplus(s)
-            if ls > 0:
-                ce = ce - 0.5 * ls * s
-            d = torch.exp(gamma * F.logsigmoid(s)) * (gamma * (1.0 - sig) * ce + sig - 0.5 * ls)
-            grad_x[i] = d * ((1.0 - alpha) * grad * mask[i])[:, None]
+            d = _negative_focal(x[i], gamma, ls, derivative=True)
+            torch.mul(d, ((1.0 - alpha) * grad * mask[i])[:, None], out=grad_x[i])
         return grad_x, None, None, None, None
 
 
