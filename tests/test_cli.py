@@ -164,3 +164,12 @@ def test_predict_on_exif_rotated_file_reports_displayed_size(tmp_path, photo_fil
     Image.open(photo_files[0]).save(tmp_path / "rotated.jpg", exif=exif.tobytes())
     assert main(["predict", str(tmp_path / "rotated.jpg"), "--weights", str(tiny_weights)]) == 0
     assert "rotated.jpg: 200x320" in capsys.readouterr().out
+
+
+def test_closed_stdout_stops_quietly():
+    """``efficientdet models | head -1``: the reader goes away; exit 141 (as Unix tools), no error message."""
+    proc = subprocess.Popen([sys.executable, "-m", "efficientdet", "models"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the command writes anything: its first write hits a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == ""
