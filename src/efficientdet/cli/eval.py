@@ -38,7 +38,7 @@ def run_segment(args: argparse.Namespace) -> int:
         else:
             from ..factory import create_model
 
-            model = create_model(args.model, weights=args.weights, image_size=args.image_size)
+            model = create_model(args.model, weights=args.weights, image_size=args.image_size).to(args.device)
         if not model.config.seg_head:
             raise ConfigError(f"{args.weights}: a detection model has no segmentation head; eval it without --task "
                               "segment")
@@ -49,8 +49,7 @@ def run_segment(args: argparse.Namespace) -> int:
     if model is None:
         metrics = score_mask_folder(args.predictions, data)
     else:
-        metrics = evaluate_segmentation(model.to(args.device) if hasattr(model, "to") else model, data,
-                                        batch_size=args.batch_size, device=args.device,
+        metrics = evaluate_segmentation(model, data, batch_size=args.batch_size, device=args.device,
                                         save_dir=args.save_predictions)
     print(f"{len(data)} images, {metrics['pixels']:,} labelled pixels")
     print(format_seg_metrics(metrics))
@@ -59,9 +58,9 @@ def run_segment(args: argparse.Namespace) -> int:
     return 0
 
 
-def _folder_ground_truth(args: argparse.Namespace) -> dict:
-    """VOC / YOLO ground truth as a COCO dict for ``--predictions``, its classes numbered as the predictions
-    name them (``predict --json`` records carry ``category_name``; else the reader's 1..C)."""
+def _folder_ground_truth(args: argparse.Namespace, records: object) -> dict:
+    """VOC / YOLO ground truth as a COCO dict for ``--predictions``, its classes numbered as the prediction
+    ``records`` name them (``predict --json`` records carry ``category_name``; else the reader's 1..C)."""
     from ..data import read_dataset
     from ..data.records import align_classes
 
@@ -70,10 +69,6 @@ def _folder_ground_truth(args: argparse.Namespace) -> dict:
     data = read_dataset(args.format, args.images, args.annotations, strict=args.strict)
     if data.report.counts:
         print(data.report.summary(), file=sys.stderr)
-    try:
-        records = json.loads(Path(args.predictions).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        records = None  # load_predictions reports what is wrong with the file
     named = {}
     for r in records if isinstance(records, list) else []:
         if isinstance(r, dict) and isinstance(r.get("category_name"), str) and isinstance(r.get("category_id"), int):
@@ -90,7 +85,7 @@ def _folder_ground_truth(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..eval.coco import evaluate_detections, format_metrics, load_predictions
+    from ..eval.coco import evaluate_detections, format_metrics, load_predictions, read_results
 
     if args.task is None:  # from the weights: a segmentation-only checkpoint or export is scored by mIoU
         from ..inference.tasks import SEGMENT, weights_task
@@ -105,11 +100,13 @@ def run(args: argparse.Namespace) -> int:
         if args.tile is not None:
             raise ConfigError("--tile runs a model: it does not apply to --predictions")
         truth: object = args.annotations
+        results: object = args.predictions
         if Path(args.annotations).is_dir():  # VOC xml / YOLO txt: read with the images, as COCO ground truth
-            truth = _folder_ground_truth(args)
+            results = read_results(args.predictions)
+            truth = _folder_ground_truth(args, results)
         elif args.images:
             raise ConfigError("--predictions with a COCO json needs no --images; drop it")
-        preds = load_predictions(args.predictions, truth)
+        preds = load_predictions(results, truth, source=str(args.predictions))
         metrics = evaluate_detections(truth, preds, backend=args.coco_backend)
         if getattr(preds, "num_unmatched", 0):
             print(f"warning: {preds.num_unmatched} prediction(s) name images not in {args.annotations} "
@@ -130,10 +127,10 @@ def run(args: argparse.Namespace) -> int:
             max_det=DEFAULTS.max_det, soft_nms=args.soft_nms or None))
         # the data set's classes as the model numbers them: by name for VOC / YOLO (their readers number the
         # classes 1..C themselves), by category id for COCO json when the ids are the model's
-        from ..data.read import detect_format
+        from ..data.read import resolve_format
         from ..data.records import align_classes
 
-        coco = (args.format if args.format != "auto" else detect_format(args.annotations)) == "coco"
+        coco = resolve_format(args.format, args.annotations) == "coco"
         data, notes = align_classes(data, detector.class_names, detector.category_ids, by_id=coco)
         for note in notes if rank == 0 else []:
             print(f"warning: {note}", file=sys.stderr)

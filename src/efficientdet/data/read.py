@@ -32,6 +32,15 @@ def detect_format(annotations: str | Path) -> str:
     raise DataError(f"{p}: annotations not found; check the path")
 
 
+def resolve_format(format: str, annotations: str | Path) -> str:
+    """``format`` checked and lower-cased, ``'auto'`` replaced by :func:`detect_format`'s answer."""
+    fmt = str(format).lower()
+    if fmt not in FORMATS:
+        raise DataError(f"unknown annotation format {format!r}{closest(fmt, FORMATS)}; use one of "
+                        f"{', '.join(FORMATS)}")
+    return detect_format(annotations) if fmt == "auto" else fmt
+
+
 def read_dataset(
     format: str,
     images: str | Path,
@@ -50,12 +59,7 @@ def read_dataset(
         class_names: VOC/YOLO only: the class names in label order (YOLO: or a names file).
         check_images: COCO/VOC: check the image files and read their sizes (YOLO always does).
     """
-    fmt = str(format).lower()
-    if fmt not in FORMATS:
-        raise DataError(f"unknown annotation format {format!r}{closest(fmt, FORMATS)}; use one of "
-                        f"{', '.join(FORMATS)}")
-    if fmt == "auto":
-        fmt = detect_format(annotations)
+    fmt = resolve_format(format, annotations)
     if fmt == "coco":
         if class_names is not None:
             raise DataError("class_names cannot be given for COCO data: the names come from 'categories'")

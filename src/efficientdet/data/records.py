@@ -254,17 +254,15 @@ def align_classes(data: DetectionData, class_names: list[str], category_ids: lis
         mapping = {i: i for i in range(len(class_names))}
         notes.append(f"{data.source}: no class name in common with {class_names[:5]}...; classes matched by index")
     names, ids = list(class_names), list(category_ids)
-    missing = [n for label, n in enumerate(data.class_names) if label not in mapping]
-    next_id = max([0, *ids]) + 1
-    for label, name in enumerate(data.class_names):
-        if label not in mapping:
-            mapping[label] = len(names)
-            names.append(name)
-            ids.append(next_id)
-            next_id += 1
+    missing = [(label, n) for label, n in enumerate(data.class_names) if label not in mapping]
+    first_new_id = max([0, *ids]) + 1
+    for k, (label, name) in enumerate(missing):
+        mapping[label] = len(names)
+        names.append(name)
+        ids.append(first_new_id + k)
     if missing:
         notes.append(f"{data.source}: {len(missing)} class(es) not among the {len(class_names)} expected "
-                     f"({', '.join(map(str, missing[:8]))}); their boxes count as missed")
+                     f"({', '.join(str(n) for _, n in missing[:8])}); their boxes count as missed")
     lut = np.asarray([mapping[i] for i in range(len(data.class_names))], dtype=np.int64)
     samples = [dataclasses.replace(s, labels=lut[s.labels] if len(s.labels) else s.labels) for s in data.samples]
     return DetectionData(samples, names, ids, data.report, data.source), notes

@@ -217,8 +217,14 @@ def _norm_path(name: str) -> str:
     return name
 
 
+def read_results(path: str | os.PathLike) -> Any:
+    """The records of a results file (JSON or JSON Lines), unchecked; one-line DataErrors."""
+    return _read_json(Path(path), "predictions", "pass a COCO results JSON file (a list of detections)")
+
+
 def load_predictions(
-    path: str | os.PathLike | list[dict], ground_truth: dict | str | os.PathLike | None = None
+    path: str | os.PathLike | list[dict], ground_truth: dict | str | os.PathLike | None = None,
+    source: str | None = None,
 ) -> Predictions:
     """Read detections from a COCO results JSON file (a list of records) or this project's predictions.
 
@@ -233,11 +239,10 @@ def load_predictions(
     Raises :class:`DataError` (one line: file, record index, problem, fix) for a malformed file, and
     when no file name at all matches (wrong annotation file).
     """
-    if isinstance(path, list):
-        source, data = "<predictions>", path
+    if isinstance(path, list):  # records already read (``source``: the file they came from, for messages)
+        source, data = source or "<predictions>", path
     else:
-        source = str(path)
-        data = _read_json(Path(path), "predictions", "pass a COCO results JSON file (a list of detections)")
+        source, data = str(path), read_results(path)
     if isinstance(data, dict) and isinstance(data.get("annotations"), list) and "images" in data:
         raise DataError(
             f"{source}: this is a ground-truth annotation file, not detections; "

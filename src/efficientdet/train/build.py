@@ -92,13 +92,13 @@ def build_data(cfg: TrainConfig) -> tuple[Any, Any]:
             raise ConfigError("--task detect,segment needs COCO json annotations (boxes and polygons/RLE) for "
                               "--train-annotations and --val-annotations")
     else:
-        from ..data.read import detect_format
+        from ..data.read import resolve_format
         from ..data.records import align_classes
 
         train_data = read_split(cfg, cfg.train_images, cfg.train_annotations, "train")
         val_data = read_split(cfg, cfg.val_images, cfg.val_annotations, "val") if cfg.val_images else None
         if val_data is not None:  # numbered as training numbers them (VOC / YOLO readers number each split)
-            coco = (cfg.format if cfg.format != "auto" else detect_format(cfg.val_annotations)) == "coco"
+            coco = resolve_format(cfg.format, cfg.val_annotations) == "coco"
             val_data, notes = align_classes(val_data, train_data.class_names, train_data.category_ids, by_id=coco)
             for note in notes:
                 log(f"warning: {note}")

@@ -103,6 +103,7 @@ class Trainer:
             cfg.save_yaml(self.run_dir / "config.yaml")
         self.set_train_mode()
         self.bn_names = trained_batch_norms(self.model)  # the BatchNorms precise BN recomputes (not frozen ones)
+        self._bn_logged = False
         self.model, forward = wrap_distributed(self.model, self.device)
         self.state.model = self.model
         detect = "detect" in cfg.tasks
@@ -165,7 +166,7 @@ class Trainer:
         loader = calibration_loader(self.train_data, cfg.precise_bn, cfg.eval_batch_size, c.image_size, c.mean, c.std)
         seen = recompute_bn_statistics(self.state.ema.module, (images for images, _ in loader), self.bn_names,
                                        cfg.channels_last)
-        if not getattr(self, "_bn_logged", False):
+        if not self._bn_logged:
             log(f"BatchNorm statistics of the EMA weights recomputed on {seen} training images before validation "
                 f"and saving ({time.perf_counter() - t0:.1f} s; --precise-bn 0 turns it off)")
             self._bn_logged = True
