@@ -44,6 +44,9 @@ class ModelConfig:
         conv_bias: whether convs followed by BN carry a bias (the TF checkpoints of D0-D7x do).
         mean, std: input normalisation in [0, 1] units.
         backbone_drop_path: stochastic-depth rate of the backbone during training.
+        drop_last_stage: take P5 from the backbone stage before its last and drop the last stage
+            (B0: one 192 -> 320 MBConv at stride 32, 8 % of its multiply-adds); the ``_seg`` decoder
+            rows do (see :func:`efficientdet.model.backbone.drop_last_block_stage`).
         detect: whether the network has the detection (class/box) heads.
         seg_head: segmentation head, or ``None``: ``p2`` (the paper's per-pixel classifier on P2, needs
             ``min_level=2``) or ``decoder`` (the official code's transposed-conv decoder from P_max down
@@ -72,6 +75,7 @@ class ModelConfig:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     backbone_drop_path: float = 0.2
+    drop_last_stage: bool = False
     detect: bool = True
     seg_head: str | None = None
     seg_classes: int = 21
@@ -108,6 +112,9 @@ class ModelConfig:
                 raise ConfigError(f"{key}={value!r} must be a positive integer")
         if self.head_layers < 0:
             raise ConfigError(f"head_layers={self.head_layers} must be >= 0")
+        for key in ("detect", "conv_bias", "drop_last_stage"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"{key}={getattr(self, key)!r} must be true or false")
         if not 1 <= self.min_level <= self.max_level:
             raise ConfigError(f"levels {self.min_level}..{self.max_level} must satisfy 1 <= min <= max")
         if self.min_level > 3 or self.max_level < 5:
@@ -228,8 +235,11 @@ def segmentation_row(det: ModelConfig) -> ModelConfig:
     ``efficientdet_d4_seg`` is the paper's model exactly. The other rows use the official code's
     decoder over P3-P7 instead (``seg_head="decoder"``): trained from scratch on the same budget it
     reached 2.2x the P2 classifier's mIoU (0.41 vs 0.19, ``bench/segmentation.py --kind photos``) at
-    0.85x its FLOPs. ``--model-override seg_head=p2 --model-override min_level=2`` gives the paper's
-    design at any row.
+    0.85x its FLOPs. They also take P5 from the backbone stage before its last
+    (``drop_last_stage``): B0's last stage is 8 % of D0-seg's multiply-adds (at or below torchvision's
+    LR-ASPP MobileNetV3 at 256 px) and dropping it did not lower the mIoU (BENCHMARKS.md).
+    ``--model-override seg_head=p2 --model-override min_level=2 --model-override drop_last_stage=false``
+    gives the paper's design at any row.
     """
     width = max(8, int(round(det.fpn_channels * 128 / 224 / 8) * 8))
     paper = det.name == "efficientdet_d4"
@@ -242,6 +252,7 @@ def segmentation_row(det: ModelConfig) -> ModelConfig:
         min_level=2 if paper else 3,
         detect=False,
         seg_head="p2" if paper else "decoder",
+        drop_last_stage=not paper,
         seg_channels=2 * width,
         seg_layers=3,
         paper_flops=18e9 if paper else None,

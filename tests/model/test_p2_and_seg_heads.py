@@ -85,6 +85,8 @@ def test_seg_config_errors():
         get_config("d0", seg_head="unet")
     with pytest.raises(ConfigError, match="at most 255"):
         get_config("d0_seg", seg_classes=256)
+    with pytest.raises(ConfigError, match="drop_last_stage='no' must be true or false"):
+        get_config("d0_seg", drop_last_stage="no")
 
 
 def test_seg_rows_registered_and_paper_row():
@@ -97,7 +99,8 @@ def test_seg_rows_registered_and_paper_row():
     cost = measure(d4)
     assert abs(cost["params"] / 17e6 - 1) < 0.10 and abs(cost["flops"] / 18e9 - 1) < 0.10
     d0 = get_config("d0_seg")  # 64 * 128 / 224 = 36.6 -> 40; the other rows: the official decoder over P3-P7
-    assert (d0.fpn_channels, d0.seg_head, d0.min_level, d0.detect) == (40, "decoder", 3, False)
+    assert (d0.fpn_channels, d0.seg_head, d0.min_level, d0.detect, d0.drop_last_stage) == (
+        40, "decoder", 3, False, True)
     assert all(VARIANTS[f"efficientdet_d{i}_seg"].seg_head == "decoder" for i in (0, 1, 2, 3, 5, 6, 7))
 
 

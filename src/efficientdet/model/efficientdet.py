@@ -41,7 +41,7 @@ class EfficientDet(nn.Module):
         super().__init__()
         self.config = config.validate()
         self.backbone = create_backbone(config.backbone, config.backbone_drop_path, pretrained_backbone,
-                                        min_level=config.min_level)
+                                        min_level=config.min_level, drop_last_stage=config.drop_last_stage)
         channels = list(self.backbone.feature_info.channels())
         self.fpn = FeatureNetwork(config, channels)
         args = (config.fpn_channels, config.head_layers, config.num_levels, config.num_anchors)

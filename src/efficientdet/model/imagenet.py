@@ -274,7 +274,8 @@ def load_timm_pretrained(model: torch.nn.Module, name: str) -> None:
         )
     out_indices = tuple(model.feature_info.out_indices)
     reference = timm.create_model(name, pretrained=True, features_only=True, out_indices=out_indices)
-    model.load_state_dict(reference.state_dict())
+    wanted = model.state_dict()  # a backbone without its last stage takes the tensors it has
+    model.load_state_dict({k: v for k, v in reference.state_dict().items() if k in wanted})
 
 
 def load_imagenet_backbone(model: torch.nn.Module, timm_name: str, spec: str | Path) -> str:
