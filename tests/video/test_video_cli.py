@@ -100,3 +100,29 @@ def test_sources_are_split_into_images_and_videos(tmp_path, photo_files):
     args.json = "x.jsonl"
     with pytest.raises(ConfigError, match="run one command per video"):
         split_video_sources(args)
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_signal_mid_video_finalises_outputs(tmp_path, tiny_weights, sig):
+    """``timeout`` / ``kill`` (SIGTERM) stop ``predict`` as Ctrl-C does: exit 130, a playable video and
+    JSON Lines with one record per frame written, no traceback."""
+    import signal
+    import time
+
+    video = make_video(tmp_path / "long.mp4", frames=600)
+    out, js = tmp_path / "out", tmp_path / "d.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "efficientdet", "predict", str(video), "--weights",
+                             str(tiny_weights), "--out", str(out), "--json", str(js), "--device", "cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while (not js.exists() or len(js.read_text().splitlines()) < 3) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "predict ended before the signal"  # the signal lands mid-video
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "the outputs are finalised" in err and "Traceback" not in err
+    records = [json.loads(line) for line in js.read_text().splitlines()]
+    frames, _, _ = decode_all(out / "long.mp4")
+    assert 3 <= len(records) < 600 and len(frames) == len(records)
+    assert [r["frame"] for r in records] == list(range(len(records)))

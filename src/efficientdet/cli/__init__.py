@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+from typing import Any
 
 from ..errors import EfficientDetError
 from .common import Parser
@@ -43,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..memory import tune_malloc
 
     tune_malloc()  # reuse freed large blocks instead of page-faulting them in again (memory.py)
+    previous = _terminate_as_interrupt()
     try:
         return int(args.func(args) or 0)
     except EfficientDetError as exc:
@@ -70,6 +73,23 @@ def main(argv: list[str] | None = None) -> int:
         first = str(exc).splitlines()[0] if str(exc) else ""
         print(f"error: {type(exc).__name__}: {first} (run with --debug for the traceback)", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _terminate_as_interrupt() -> Any:
+    """SIGTERM (``timeout``, ``kill``, process managers) stops a command as Ctrl-C does: videos and JSON
+    files are finalised and the exit code is 130. ``train`` and ``serve`` install their own handlers
+    while they run. Returns the previous handler (None off the main thread, where none can be set)."""
+    try:
+        return signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # not the main thread (main() called from a thread)
+        return None
 
 
 if __name__ == "__main__":
