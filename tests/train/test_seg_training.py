@@ -176,6 +176,13 @@ def test_joint_detection_and_segmentation(tmp_path):
     doc = json.loads((tmp_path / "j.json").read_text())
     assert doc["detections"] and doc["segmentation"][0]["file_name"] == "000.png"
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "m" / "000.png")), det.mask)
+    # that file is also eval's input: its boxes are scored against the same images' ground truth
+    assert main(["predict", images, "--weights", str(out / "weights" / "best.pt"), "--json",
+                 str(tmp_path / "all.json"), "--score-threshold", "0.0", "--masks", str(tmp_path / "m2")]) == 0
+    assert main(["eval", "--predictions", str(tmp_path / "all.json"), "--annotations", ann, "--json",
+                 str(tmp_path / "ap.json")]) == 0
+    scored = json.loads((tmp_path / "ap.json").read_text())
+    assert scored["num_detections"] == len(json.loads((tmp_path / "all.json").read_text())["detections"]) > 0
 
 
 def test_task_errors(seg_data, tmp_path, capsys):

@@ -232,7 +232,8 @@ def load_predictions(
     ``{"file_name", "bbox", "score", "category_id", "category_name"}``), which is matched to a
     ground-truth image by its ``file_name``: the exact relative path, else the predicted path's
     trailing components, else the basename (when unique in the ground truth). ``bbox`` is
-    ``[x, y, w, h]`` in original-image pixels. JSON Lines files are accepted too.
+    ``[x, y, w, h]`` in original-image pixels. JSON Lines files are accepted too, and the
+    ``{"detections": [...], "segmentation": [...]}`` that ``predict --json`` writes for a joint model.
 
     Returns a :class:`Predictions` list of ``{"image_id", "category_id", "bbox", "score"}``; records
     whose file name matched no image are dropped and counted (``num_unmatched``, with a warning).
@@ -248,6 +249,8 @@ def load_predictions(
             f"{source}: this is a ground-truth annotation file, not detections; "
             "pass a COCO results file (a JSON list of detections)"
         )
+    if isinstance(data, dict) and isinstance(data.get("detections"), list) and "segmentation" in data:
+        data = data["detections"]  # ``predict --json`` with a joint model: boxes next to the mask counts
     if not isinstance(data, list):
         raise DataError(
             f"{source}: expected a JSON list of detections, got {type(data).__name__}; "
