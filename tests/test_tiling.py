@@ -154,3 +154,20 @@ def test_with_a_real_efficientdet(tmp_path, photo_files):
 def test_bad_settings_are_config_errors(kwargs):
     with pytest.raises(ConfigError):
         TiledDetector(RedRegions(), **{"tile": 256, **kwargs})
+
+
+def test_overlap_near_one_is_refused_before_running(tmp_path):
+    """0.99 overlap of 64 px tiles on 289x310 would be ~56 000 tiles (1 px steps): a clear error instead of hours."""
+    path = canvas(289, 310, [], tmp_path / "a.png")
+    regions = RedRegions()
+    with pytest.raises(ConfigError, match=r"a\.png: 289x310 pixels in 64 px tiles overlapping 0\.99 make \d+ tiles"):
+        TiledDetector(regions, tile=64, overlap=0.99)([path])
+    assert regions.calls == []
+    assert len(TiledDetector(regions, tile=64, overlap=0.5)([path])) == 1  # 8 x 9 tiles + the image: fine
+
+
+def test_max_det_defaults_to_the_wrapped_detectors():
+    model = create_model("d0", num_classes=2, image_size=128, fpn_channels=16, fpn_layers=1, head_layers=1)
+    assert TiledDetector(Detector(model, max_det=7), tile=128).max_det == 7
+    assert TiledDetector(Detector(model), tile=128).max_det == Detector(model).settings.max_det
+    assert TiledDetector(RedRegions(), tile=128).max_det == 100  # a plain callable

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -33,6 +34,10 @@ from ..errors import ConfigError
 from ..images import is_single_image, to_pil
 
 MERGES = ("nms", "wbf")
+
+
+#: more tiles than this for one image is a mistake in the options (overlap near 1), not a workload
+MAX_TILES = 4096
 
 
 def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
@@ -82,7 +87,8 @@ class TiledDetector:
         full_image: also run the whole image (the detector downscales it) for objects larger than a tile.
         merge: ``"nms"`` or ``"wbf"`` (weighted box fusion-like averaging).
         iou_threshold: IoU above which same-class boxes are duplicates (NMS) or fused (wbf).
-        max_det: most detections per image after merging, best first.
+        max_det: most detections per image after merging, best first (default: the wrapped detector's
+            ``settings.max_det``, else 100).
         edge_margin: a box within this many pixels of an inner tile edge counts as cut by it.
         cover_threshold: share of a cut box's area a larger same-class box must cover to replace it.
     """
@@ -95,7 +101,7 @@ class TiledDetector:
         full_image: bool = True,
         merge: str = "nms",
         iou_threshold: float = 0.5,
-        max_det: int = 300,
+        max_det: int | None = None,
         edge_margin: float = 2.0,
         cover_threshold: float = 0.7,
     ) -> None:
@@ -105,8 +111,12 @@ class TiledDetector:
             raise ConfigError(f"tile overlap={overlap!r} must be in [0, 1)")
         if merge not in MERGES:
             raise ConfigError(f"merge={merge!r} must be one of {', '.join(MERGES)}")
+        if max_det is None:
+            max_det = getattr(getattr(detector, "settings", None), "max_det", 100)
         if not 0.0 < iou_threshold <= 1.0 or not 0.0 < cover_threshold <= 1.0 or max_det < 1:
             raise ConfigError("iou_threshold and cover_threshold must be in (0, 1], max_det >= 1")
+        from torchvision.ops import batched_nms, box_iou  # noqa: F401  (seconds to import: now, not in the first image's time)
+
         self.detector = detector
         self.tile, self.overlap, self.full_image, self.merge = tile, float(overlap), bool(full_image), merge
         self.iou_threshold, self.max_det = float(iou_threshold), int(max_det)
@@ -133,11 +143,14 @@ class TiledDetector:
         return [self._detect_one(item, batch_size) for item in items]
 
     def _detect_one(self, item: object, batch_size: int) -> Detections:
-        from pathlib import Path
-
         pil = to_pil(item)
         w, h = pil.size
         windows = tile_grid(w, h, self.tile, self.overlap)
+        if len(windows) > MAX_TILES:
+            where = f"{item}: " if isinstance(item, str | Path) else ""
+            raise ConfigError(
+                f"{where}{w}x{h} pixels in {self.tile} px tiles overlapping {self.overlap:g} make {len(windows)} "
+                f"tiles (at most {MAX_TILES}); use a larger --tile or a smaller --tile-overlap (0.2 is typical)")
         crops = [pil.crop(win) for win in windows]
         if self.full_image and len(windows) > 1:
             windows.append((0, 0, w, h))
