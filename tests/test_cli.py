@@ -50,6 +50,23 @@ def test_predict_files_dirs_and_globs(tmp_path, photo_files, tiny_weights, capsy
     assert Image.open(out / "wide.jpg").size == (320, 200) and (out / "tall.png").exists()
 
 
+def test_files_with_one_name_in_two_folders_keep_apart(tmp_path, photo_files, tiny_weights, capsys):
+    """``predict dA/x.png dB/x.png``: two annotated copies and two JSON file names, not one overwriting the other."""
+    import shutil
+
+    for folder, src in (("dA", photo_files[0]), ("dB", photo_files[1])):
+        (tmp_path / folder).mkdir()
+        shutil.copy(src, tmp_path / folder / "x.png")
+    out, js = tmp_path / "out", tmp_path / "d.json"
+    assert main(["predict", str(tmp_path / "dA" / "x.png"), str(tmp_path / "dB" / "x.png"), str(photo_files[2]),
+                 "--weights", str(tiny_weights), "--out", str(out), "--json", str(js), "--score-threshold", "0.3"]) == 0
+    printed = capsys.readouterr().out
+    assert "dA/x.png: 320x200" in printed and "dB/x.png: 150x260" in printed
+    assert Image.open(out / "dA" / "x.png").size == (320, 200) and Image.open(out / "dB" / "x.png").size == (150, 260)
+    assert {r["file_name"] for r in json.loads(js.read_text())} <= {"dA/x.png", "dB/x.png", photo_files[2].name}
+    assert not (out / "x.png").exists()
+
+
 def test_predict_directory_with_a_bad_file(tmp_path, photo_files, tiny_weights, capsys):
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     code = main(["predict", str(tmp_path), "--weights", str(tiny_weights), "--batch-size", "2"])

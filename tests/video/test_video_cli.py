@@ -126,3 +126,15 @@ def test_signal_mid_video_finalises_outputs(tmp_path, tiny_weights, sig):
     frames, _, _ = decode_all(out / "long.mp4")
     assert 3 <= len(records) < 600 and len(frames) == len(records)
     assert [r["frame"] for r in records] == list(range(len(records)))
+
+
+def test_videos_with_one_name_in_two_folders_keep_apart(tmp_path, tiny_weights, capsys):
+    a = make_video((tmp_path / "dA").mkdir() or tmp_path / "dA" / "clip.mp4", frames=3)
+    b = make_video((tmp_path / "dB").mkdir() or tmp_path / "dB" / "clip.mp4", frames=5)
+    out = tmp_path / "out"
+    assert main(["predict", str(a), str(b), "--weights", str(tiny_weights), "--out", str(out)]) == 0
+    assert len(decode_all(out / "dA" / "clip.mp4")[0]) == 3 and len(decode_all(out / "dB" / "clip.mp4")[0]) == 5
+    assert not (out / "clip.mp4").exists()
+    capsys.readouterr()
+    assert main(["predict", str(a), str(b), "--weights", str(tiny_weights), "--out", str(tmp_path / "one.mp4")]) == 2
+    assert "names one video file, but there are 2 video sources" in capsys.readouterr().err

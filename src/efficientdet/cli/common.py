@@ -93,7 +93,24 @@ def expand_sources(sources: list[str]) -> tuple[list[tuple[Path, str]], list[str
                 missing.append(f"{src}: pattern matches no files")
         else:
             missing.append(f"{src}: no such file or directory")
-    return found, missing
+    return unique_names(found), missing
+
+
+def unique_names(items: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
+    """Different files with the same display name (``a/x.png`` and ``b/x.png`` given as files) are named
+    by their path below the folder they share (``a/x.png``, ``b/x.png``), so that their outputs (annotated
+    copies, masks, JSON ``file_name``) do not overwrite each other. The same file twice keeps its name."""
+    import os
+
+    groups: dict[str, set[Path]] = {}
+    for path, name in items:
+        groups.setdefault(name, set()).add(path.resolve())
+    clashes = {name: Path(os.path.commonpath([str(p.parent) for p in paths]))
+               for name, paths in groups.items() if len(paths) > 1}
+    if not clashes:
+        return items
+    return [(path, str(path.resolve().relative_to(clashes[name])) if name in clashes else name)
+            for path, name in items]
 
 
 def write_json(path: str | Path, obj: object) -> None:

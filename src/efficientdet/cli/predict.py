@@ -16,6 +16,7 @@ from .common import (
     make_detector,
     positive_int,
     tiled,
+    unique_names,
     unit_float,
     write_json,
 )
@@ -216,10 +217,10 @@ def predict_videos(args: argparse.Namespace, detector: object, videos: list[str]
     from ..video import open_source, predict_video
 
     code = 0
-    for name in videos:
+    for name, out in zip(videos, video_outputs(args.out, videos)):
         try:
             with open_source(name) as source:
-                summary = predict_video(detector, source, out=args.out, json=args.json, vid_stride=args.vid_stride,
+                summary = predict_video(detector, source, out=out, json=args.json, vid_stride=args.vid_stride,
                                         max_frames=args.max_frames, tracker=video_tracker(args, source),
                                         batch_size=auto_batch_size(args, detector), progress=sys.stderr.isatty())
         except EfficientDetError as exc:
@@ -241,6 +242,25 @@ def predict_videos(args: argparse.Namespace, detector: object, videos: list[str]
                   f"{summary.frames} frame(s) before it", file=sys.stderr)
             code = max(code, 1)
     return code
+
+
+def video_outputs(out: str | None, videos: list[str]) -> list[str | Path | None]:
+    """Where each video source's annotated video goes: ``--out`` as given (a folder: ``<stem>.mp4`` in it),
+    except that video files with one stem in different folders go to their path below the folder they
+    share (``OUT/a/clip.mp4``, ``OUT/b/clip.mp4``) instead of overwriting each other."""
+    from ..video.predict import VIDEO_SUFFIXES
+
+    if out is None:
+        return [None] * len(videos)
+    if Path(out).suffix.lower() in VIDEO_SUFFIXES:
+        if len(videos) > 1:
+            raise ConfigError(f"--out {out} names one video file, but there are {len(videos)} video sources; "
+                              "pass a folder (each video goes to FOLDER/<name>.mp4)")
+        return [out]
+    files = [(Path(v), Path(v).stem) for v in videos if Path(v).is_file()]
+    renamed = {path: name for path, name in unique_names(files) if name != path.stem}  # e.g. a/clip.mp4
+    return [Path(out) / Path(renamed[Path(v)]).parent / f"{Path(v).stem}.mp4" if Path(v) in renamed else out
+            for v in videos]
 
 
 def batch_size_arg(text: str) -> int | str:
