@@ -87,3 +87,35 @@ def test_prefix_nms_equals_full_nms_on_random_boxes():
             torch.testing.assert_close(a["boxes"], b["boxes"])
             torch.testing.assert_close(a["scores"], b["scores"])
             assert torch.equal(a["labels"], b["labels"])
+
+
+def test_boxes_clipped_to_nothing_are_dropped():
+    """Anchor 2 (300..400) lies outside a 250 x 200 image: clipped to the zero-width (200, 250, 200, 250) it
+    holds no object, and its copies could not be suppressed by NMS (IoU 0). It goes at every threshold."""
+    for soft in (False, True):
+        for threshold in (0.05, 0.0):
+            out = run([[0.9, 0.0], [0.0, 0.0], [0.95, 0.95]], soft=soft, threshold=threshold, size=(250, 200))
+            assert math.isclose(out["scores"][0].item(), 0.9, rel_tol=1e-6) and out["labels"][0].item() == 0
+            assert ((out["boxes"][:, 2] > out["boxes"][:, 0]) & (out["boxes"][:, 3] > out["boxes"][:, 1])).all()
+            assert 0.95 not in [round(v, 2) for v in out["scores"].tolist()]  # both classes of anchor 2 gone
+            assert (out["scores"] >= 0).all()
+    # inside a larger image the same anchor is kept with both classes
+    out = run([[0.9, 0.0], [0.0, 0.0], [0.95, 0.95]], size=(1000, 1000))
+    assert [round(v, 2) for v in out["scores"].tolist()][:2] == [0.95, 0.95]
+
+
+def test_prefix_shortcut_is_exact_with_emptied_boxes():
+    """Many boxes outside the image between the prefix and the rest: NMS still finds the later valid ones."""
+    g = torch.Generator().manual_seed(1)
+    n = 2000
+    xy = torch.rand(n, 2, generator=g) * 400
+    anchors = torch.cat([xy, xy + 20], 1)
+    anchors[:1500] += 1000  # the best-scoring 1500 lie outside the 500 x 500 image
+    logits = torch.linspace(5, -5, n).view(1, n, 1)  # sorted: the outside boxes come first
+    args = (logits, torch.zeros(1, n, 4), anchors, torch.tensor([1.0]), torch.tensor([[500, 500]]))
+    fast = Postprocessor(PostprocessConfig(score_threshold=0.01, max_det=10, topk=2000))
+    full = Postprocessor(PostprocessConfig(score_threshold=0.01, max_det=10, topk=2000))
+    full._hard_nms = full._nms
+    a, b = fast(*args)[0], full(*args)[0]
+    assert len(a["scores"]) == len(b["scores"]) == 10 and torch.equal(a["boxes"], b["boxes"])
+    assert (a["boxes"] < 500).all()

@@ -193,3 +193,20 @@ def test_half_export_runs_in_onnxruntime_close_to_float32(tmp_path, tiny_checkpo
     assert cls.dtype == np.float32 and cls.shape == ref_cls.shape
     np.testing.assert_allclose(cls, ref_cls, atol=0.05 * float(np.abs(ref_cls).max()), rtol=0)
     np.testing.assert_allclose(box, ref_box, atol=0.05 * float(np.abs(ref_box).max()), rtol=0)
+
+
+def test_nms_graph_drops_boxes_clipped_to_nothing(make_tiny_model):
+    """An image 4 px high on the canvas: boxes lying below it clip to zero height; the graph drops them
+    (as the Detector does) instead of returning copies that NMS cannot suppress."""
+    from efficientdet.export.onnx import build_graph
+
+    graph = build_graph(make_tiny_model(3), nms=True, score_threshold=0.05, max_det=60, topk=300)
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        full = graph(x)
+        strip = graph(x, torch.tensor([[4.0, 128.0]]))
+    n_full, n = int(full[3][0]), int(strip[3][0])
+    assert n_full > 10 and int((full[0][0, :n_full, 1] >= 4).sum()) > 0  # some boxes lie wholly below the strip
+    boxes = strip[0][0, :n]
+    assert n > 0 and bool(((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).all())
+    assert float(boxes[:, 3].max()) <= 4.0

@@ -171,6 +171,10 @@ class NMSGraph(nn.Module):
         if image_sizes is not None:
             boxes = torch.minimum(boxes, image_sizes.to(boxes.dtype).flip(-1).repeat(1, 2).unsqueeze(1))
         scores = torch.sigmoid(logits)  # (B, K)
+        # boxes clipped to nothing hold no object and NMS cannot suppress their copies (IoU 0): score 0,
+        # which NonMaxSuppression (scores > t, t >= 0) never selects
+        empty = (boxes[..., 2] <= boxes[..., 0]) | (boxes[..., 3] <= boxes[..., 1])
+        scores = torch.where(empty, torch.zeros_like(scores), scores)
         # per-class NMS as one NMS over boxes moved apart by class (boxes of different classes never
         # overlap, torchvision's batched_nms trick): greedy NMS in score order then equals the per-class
         # results merged by score, and onnxruntime stops after max_det boxes instead of max_det per class

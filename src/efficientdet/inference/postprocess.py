@@ -171,12 +171,17 @@ class Postprocessor(nn.Module):
         limits = image_sizes.to(boxes).flip(-1).repeat(1, 2).view(b, 1, 4)  # (w, h, w, h) original
         boxes = torch.minimum(boxes.clamp(min=0), limits * scales) / scales
         scores = logits.float().sigmoid()
+        # a box clipped to nothing (it lay outside the image, e.g. in the letterbox padding) holds no object,
+        # and NMS cannot suppress its copies (IoU 0): score 0, below every threshold (-1 when it is 0)
+        empty = (boxes[..., 2] <= boxes[..., 0]) | (boxes[..., 3] <= boxes[..., 1])
+        scores = scores.masked_fill(empty, -1.0 if cfg.score_threshold <= 0 else 0.0)
         if cfg.soft_nms:
             return [self._soft_nms(boxes[i], scores[i], labels[i]) for i in range(b)]
         return self._hard_nms(boxes, scores, labels)
 
     def _hard_nms(self, boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor) -> list[dict]:
-        """Per-class NMS for the whole batch; rows of ``scores`` are sorted (descending) per image.
+        """Per-class NMS for the whole batch; rows of ``scores`` are sorted (descending) per image, but for
+        the emptied boxes (score 0 or -1, never kept).
 
         Greedy NMS keeps or drops a box by looking only at higher-scoring boxes, so the first
         ``max_det`` boxes kept from a score-sorted prefix of the candidates are exactly the first
@@ -188,8 +193,9 @@ class Postprocessor(nn.Module):
         prefix = min(k, max(8 * cfg.max_det, 256))
         if prefix < k:
             out = self._nms(boxes[:, :prefix], scores[:, :prefix], labels[:, :prefix])
+            rest_best = scores[:, prefix:].amax(dim=1)  # (sorted but for the emptied boxes)
             complete = [
-                len(o["scores"]) >= cfg.max_det or float(scores[i, prefix]) < cfg.score_threshold
+                len(o["scores"]) >= cfg.max_det or float(rest_best[i]) < cfg.score_threshold
                 for i, o in enumerate(out)
             ]
             if all(complete):
