@@ -30,7 +30,7 @@ from .onnxrt import OnnxRunner, is_onnx_file
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 #: bump when the exported graphs change: old cache entries are then not reused
-GRAPH_FORMAT = "v4"
+GRAPH_FORMAT = "v5"  # v5: boxes clipped to nothing are dropped
 
 
 def onnx_cache_dir() -> Path:
