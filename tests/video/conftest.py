@@ -33,11 +33,14 @@ def scene(i: int, width: int, height: int) -> np.ndarray:
 
 
 def make_video(path: Path, frames: int = 24, width: int = 320, height: int = 192, fps: int = FPS,
-               codec: str = "libx264", options: dict[str, str] | None = None) -> Path:
-    """Encode ``frames`` frames of :func:`scene` into ``path`` (the container from the suffix)."""
+               codec: str = "libx264", options: dict[str, str] | None = None, rotation: int = 0) -> Path:
+    """Encode ``frames`` frames of :func:`scene` into ``path`` (the container from the suffix); ``rotation``:
+    the display matrix's counter-clockwise degrees (a phone filming upright stores -90 and landscape pixels)."""
     with av.open(str(path), "w", options=options or {}) as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if rotation:
+            stream.set_display_rotation(rotation)
         for i in range(frames):
             for packet in stream.encode(av.VideoFrame.from_ndarray(scene(i, width, height), format="rgb24")):
                 container.mux(packet)

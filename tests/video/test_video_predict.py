@@ -274,3 +274,29 @@ def test_exported_model_in_the_loop(tmp_path, clip, one_thread):
     lines = read_lines(tmp_path / "o.jsonl")
     assert summary.frames == 6 and [r["detections"] for r in lines] == expected_records(model, frames[:6])
     assert summary.detections > 0
+
+
+@pytest.mark.parametrize("rotation", [-90, 90, 180])
+def test_display_rotation_is_applied(tmp_path, detector, rotation):
+    """A phone video (landscape pixels + a display matrix) is detected and written upright, as players show it."""
+    import av
+
+    from efficientdet.video import open_source
+
+    path = make_video(tmp_path / "phone.mp4", frames=4, width=96, height=64, rotation=rotation)
+    with av.open(str(path)) as c:
+        assert next(c.decode(video=0)).rotation % 360 == rotation % 360  # the file really carries it
+    upright = np.rot90(scene(0, 96, 64), rotation // 90)
+    with open_source(str(path)) as src:
+        assert (src.width, src.height) == (upright.shape[1], upright.shape[0])
+        frames = list(src)
+    assert len(frames) == 4 and frames[0].image.size == (upright.shape[1], upright.shape[0])
+    got = np.asarray(frames[0].image).astype(int)
+    assert np.abs(got - upright).mean() < 6  # the same picture, turned (H.264 loses a little)
+    summary = predict_video(detector, str(path), out=tmp_path / "out", json=tmp_path / "r.jsonl")
+    written, _, info = decode_all(tmp_path / "out" / "phone.mp4")
+    assert summary.frames == 4 and (info["width"], info["height"]) == (upright.shape[1], upright.shape[0])
+    for record in (json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()):
+        for d in record["detections"]:
+            x, y, w, h = d["bbox"]
+            assert x + w <= upright.shape[1] + 1e-3 and y + h <= upright.shape[0] + 1e-3

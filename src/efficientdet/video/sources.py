@@ -15,6 +15,7 @@ with ``source.stop_reason`` set, so that the caller keeps and finalises what it 
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import sys
@@ -24,6 +25,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from ..errors import ConfigError, DataError
@@ -59,7 +61,8 @@ class FrameSource:
 
     Attributes:
         name: the source as the user gave it (for messages). stem: base name for output files.
-        width, height: frame size in pixels. fps: nominal frame rate (a Fraction; 30 when unknown).
+        width, height: frame size in pixels, upright (a video's display rotation applied). fps: nominal
+            frame rate (a Fraction; 30 when unknown).
         total: number of frames when the container says so, else None (live streams, some formats).
         live: whether the source is a stream or a camera (no fixed length).
         decoded: frames produced so far. skipped: corrupt packets / unreadable images skipped.
@@ -238,12 +241,22 @@ class AVSource(FrameSource):
         self.total = int(stream.frames) if stream.frames and not self.live else None
         self._start = stream.start_time
         self._closed = False
+        # the display matrix (phone videos filmed upright): known from the first decoded frame, which is
+        # kept for frames(); frames are turned upright and width / height are those of the turned frames
+        self._decoder = self._decode()
+        first = next(self._decoder, None)
+        self._pending = [first] if first is not None else []
+        rotation = float(getattr(first, "rotation", 0) or 0)
+        self.quarter_turns = int(round(rotation / 90)) % 4 if rotation % 90 == 0 else 0  # counter-clockwise
+        if self.quarter_turns % 2:
+            self.width, self.height = self.height, self.width
 
     def frames(self, vid_stride: int = 1) -> Iterator[Frame]:
         stream = self.stream
         base = stream.time_base
         start = None if self._start is None or self.live else self._start
-        for frame in self._decode():
+        pending, self._pending = self._pending, []
+        for frame in itertools.chain(pending, self._decoder):
             if frame.pts is not None and base is not None:
                 if start is None:  # live sources: time since the first frame received
                     start = frame.pts
@@ -253,7 +266,10 @@ class AVSource(FrameSource):
             index = self.decoded
             self.decoded += 1
             if index % vid_stride == 0:
-                yield Frame(index, time_s, Image.fromarray(frame.to_ndarray(format="rgb24"), "RGB"))
+                pixels = frame.to_ndarray(format="rgb24")
+                if self.quarter_turns:
+                    pixels = np.ascontiguousarray(np.rot90(pixels, self.quarter_turns))
+                yield Frame(index, time_s, Image.fromarray(pixels, "RGB"))
         if self.stop_reason is None and self.total and self.decoded < self.total:
             self.stop_reason = f"the file ends after {self.decoded} of {self.total} frames (truncated?)"
 
