@@ -58,6 +58,25 @@ def test_deploy_does_not_import_torch(nms_file, photo_files):
     assert result["torch"] is False and result["n"] > 5 and all(result["names"])
 
 
+def test_raw_file_without_torch_is_a_one_line_error(tmp_path, tiny_checkpoint, photo_files):
+    """Where PyTorch is missing (blocked here), a raw export says what to do instead of ModuleNotFoundError."""
+    path = export_onnx(create_model("d0", weights=tiny_checkpoint), tmp_path / "raw.onnx")
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None  # import torch now raises ImportError, as without the package\n"
+        "from efficientdet.deploy import OnnxModel\n"
+        "from efficientdet.errors import ConfigError\n"
+        f"model = OnnxModel({str(path)!r})\n"
+        "try:\n"
+        f"    model({str(photo_files[0])!r})\n"
+        "except ConfigError as exc:\n"
+        "    print('ConfigError:', exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "raw.onnx has raw outputs (exported without --nms)" in out.stdout and "export --nms" in out.stdout
+
+
 def test_raw_file_and_fixed_batch(tmp_path, tiny_checkpoint, photo_files):
     path = export_onnx(create_model("d0", weights=tiny_checkpoint), tmp_path / "raw_b2.onnx", batch=2)
     model = OnnxModel(path, score_threshold=0.05, max_det=50)

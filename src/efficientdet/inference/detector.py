@@ -166,7 +166,13 @@ class Detector:
 
     def _postprocess_raw(self, outputs: Sequence[Any], scales: np.ndarray, sizes: np.ndarray
                          ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        import torch
+        try:
+            import torch
+        except ImportError as exc:  # the torch-free deployment path with a file exported without --nms
+            where = getattr(self.runner, "path", None) or "this model"
+            raise ConfigError(f"{where} has raw outputs (exported without --nms), whose post-processing needs "
+                              "PyTorch: re-export with 'efficientdet export --nms' for the torch-free path, or "
+                              "pip install torch") from exc
 
         from ..anchors import anchors_for
         from .postprocess import Postprocessor
