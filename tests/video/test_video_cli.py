@@ -138,3 +138,18 @@ def test_videos_with_one_name_in_two_folders_keep_apart(tmp_path, tiny_weights, 
     capsys.readouterr()
     assert main(["predict", str(a), str(b), "--weights", str(tiny_weights), "--out", str(tmp_path / "one.mp4")]) == 2
     assert "names one video file, but there are 2 video sources" in capsys.readouterr().err
+
+
+def test_videos_inside_a_folder_are_reported_and_dev_video_is_a_webcam(tmp_path, photo_files, tiny_weights, capsys):
+    from efficientdet.video.sources import is_video_source
+
+    make_video(tmp_path / "clip.mp4", frames=2)  # next to the three photos
+    assert main(["predict", str(tmp_path), "--weights", str(tiny_weights)]) == 0  # the images all ran
+    captured = capsys.readouterr()
+    assert captured.out.count("ms inference") == 3
+    assert f"warning: {tmp_path}: 1 video file(s) in the folder not run (clip.mp4); pass videos by name" in captured.err
+    assert is_video_source("/dev/video0") and is_video_source("/dev/video12") and not is_video_source("/dev/vid")
+    proc = subprocess.run([sys.executable, "-m", "efficientdet", "predict", "/dev/video63", "--weights",
+                           str(tiny_weights)], capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "webcam 63: /dev/video63 does not exist" in lines[0]

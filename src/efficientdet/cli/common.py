@@ -71,17 +71,27 @@ def image_size(text: str) -> int:
 
 
 # -- predict ------------------------------------------------------------------------------------------------
-def expand_sources(sources: list[str]) -> tuple[list[tuple[Path, str]], list[str]]:
-    """Files, directories (recursive) and globs -> [(path, display name)], plus sources that matched nothing."""
+def expand_sources(sources: list[str]) -> tuple[list[tuple[Path, str]], list[str], list[str]]:
+    """Files, directories (recursive) and globs -> [(path, display name)], the sources that matched nothing,
+    and warnings (video files inside a directory, which are not run: a folder is a set of images)."""
     import glob
+
+    from ..video.sources import VIDEO_SUFFIXES
 
     found: list[tuple[Path, str]] = []
     missing: list[str] = []
+    notes: list[str] = []
     for src in sources:
         path = Path(src)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            everything = sorted(p for p in path.rglob("*") if p.is_file())
+            files = [p for p in everything if p.suffix.lower() in IMAGE_SUFFIXES]
             found += [(p, str(p.relative_to(path))) for p in files]
+            videos = [str(p.relative_to(path)) for p in everything if p.suffix.lower() in VIDEO_SUFFIXES]
+            if videos:
+                shown = ", ".join(videos[:3]) + (", ..." if len(videos) > 3 else "")
+                notes.append(f"{src}: {len(videos)} video file(s) in the folder not run ({shown}); pass videos by "
+                             f"name, e.g. {Path(src) / videos[0]}")
             if not files:
                 missing.append(f"{src}: directory contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         elif path.is_file():
@@ -93,7 +103,7 @@ def expand_sources(sources: list[str]) -> tuple[list[tuple[Path, str]], list[str
                 missing.append(f"{src}: pattern matches no files")
         else:
             missing.append(f"{src}: no such file or directory")
-    return unique_names(found), missing
+    return unique_names(found), missing, notes
 
 
 def unique_names(items: list[tuple[Path, str]]) -> list[tuple[Path, str]]:

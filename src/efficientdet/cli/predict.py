@@ -88,8 +88,10 @@ def run(args: argparse.Namespace) -> int:
     from ..inference import sharding
 
     images, videos = split_video_sources(args)
-    items, problems = expand_sources(images) if images else ([], [])
+    items, problems, notes = expand_sources(images) if images else ([], [], [])
     rank, world = sharding.join(args.device)  # under torchrun: this process's slice of the images (sharding.py)
+    for line in notes if rank == 0 else ():
+        print(f"warning: {line}", file=sys.stderr)
     for line in problems if rank == 0 else ():
         print(f"error: {line}", file=sys.stderr)
     if not items and not videos:

@@ -118,13 +118,16 @@ def is_sequence_pattern(text: str) -> bool:
     return bool(_PRINTF.search(Path(text).name)) and Path(text).suffix.lower() in IMAGE_EXTENSIONS
 
 
+_WEBCAM_DEVICE = re.compile(r"/dev/video(\d+)")
+
+
 def is_video_source(source: str | int | Path) -> bool:
     """Whether ``predict`` should treat ``source`` as a video: a webcam index, a URL, a video file
     (by suffix) or an image-sequence pattern. An existing image file or a folder is not a video."""
     if isinstance(source, int):
         return True
     text = str(source)
-    if text.isdigit() and not Path(text).exists():
+    if (text.isdigit() and not Path(text).exists()) or _WEBCAM_DEVICE.fullmatch(text):
         return True
     return is_url(text) or Path(text).suffix.lower() in VIDEO_SUFFIXES or is_sequence_pattern(text)
 
@@ -153,6 +156,9 @@ def open_source(
     if isinstance(source, int) or (isinstance(source, str) and source.isdigit() and not Path(source).exists()):
         return _open_webcam(int(source), timeout, options)
     text = str(source)
+    device = _WEBCAM_DEVICE.fullmatch(text)
+    if device:  # /dev/videoN: webcam N
+        return _open_webcam(int(device.group(1)), timeout, options)
     if is_url(text):
         return AVSource(text, text, live=True, timeout=timeout, options=options)
     path = Path(text)
