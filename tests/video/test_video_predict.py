@@ -192,6 +192,14 @@ def test_truncated_files(tmp_path, detector):
     assert len(read_lines(tmp_path / "c.jsonl")) == summary.frames
     assert len(decode_all(tmp_path / "o" / "fastcut.mp4")[0]) == summary.frames
 
+    # Matroska has no frame count but a duration in its header: a cut file is reported too, a whole one not
+    mkv = make_video(tmp_path / "whole.mkv", frames=48).read_bytes()
+    assert predict_video(detector, tmp_path / "whole.mkv", json=tmp_path / "w.jsonl").stopped is None
+    (tmp_path / "cut.mkv").write_bytes(mkv[: len(mkv) // 2])
+    summary = predict_video(detector, tmp_path / "cut.mkv", json=tmp_path / "k.jsonl")
+    assert 0 < summary.frames < 48 and len(read_lines(tmp_path / "k.jsonl")) == summary.frames
+    assert summary.stopped == f"the file ends at {summary.frames / FPS:.2f} s of its 1.92 s (truncated?)"
+
 
 def test_unknown_codec_not_a_video_and_no_webcam(tmp_path, detector):
     avi = make_video(tmp_path / "v.avi", frames=4, codec="mpeg4").read_bytes()

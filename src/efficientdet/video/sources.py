@@ -262,6 +262,7 @@ class AVSource(FrameSource):
         base = stream.time_base
         start = None if self._start is None or self.live else self._start
         pending, self._pending = self._pending, []
+        time_s = None
         for frame in itertools.chain(pending, self._decoder):
             if frame.pts is not None and base is not None:
                 if start is None:  # live sources: time since the first frame received
@@ -278,6 +279,12 @@ class AVSource(FrameSource):
                 yield Frame(index, time_s, Image.fromarray(pixels, "RGB"))
         if self.stop_reason is None and self.total and self.decoded < self.total:
             self.stop_reason = f"the file ends after {self.decoded} of {self.total} frames (truncated?)"
+        elif self.stop_reason is None and not self.total and not self.live and time_s is not None:
+            # no frame count in the container (Matroska, WebM): compare with its duration instead
+            duration = (self.container.duration or 0) / 1e6
+            end = time_s + 1.0 / float(self.fps)
+            if duration - end > max(3.0 / float(self.fps), 0.25):
+                self.stop_reason = f"the file ends at {end:.2f} s of its {duration:.2f} s (truncated?)"
 
     def _decode(self) -> Iterator[Any]:
         """Decoded frames; a corrupt packet is skipped and counted, a read error ends the source."""
