@@ -61,6 +61,7 @@ def test_segmentation_checkpoint_answers_predicts_masks(seg_weights, photo_files
     with thread_server(create_app(build_detector(str(seg_weights)), ServeSettings(weights=str(seg_weights)))) as url:
         info = httpx.get(f"{url}/v1/model").json()
         assert info["task"] == "segment" and info["segmentation"] is True and info["options"] is None
+        assert "score_threshold_default" not in info  # no detection scores to filter
         assert info["model"] == "efficientdet_d0_seg" and info["input_size"] == 128 and info["backend"] == "torch"
         assert info["classes"] == info["seg_classes"] == [{"id": i, "name": n} for i, n in enumerate(SEG_NAMES)]
         present = set()

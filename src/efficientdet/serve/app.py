@@ -271,7 +271,8 @@ def create_app(detector: Any | None = None, settings: ServeSettings | None = Non
         if state.engine is None:
             return _error(503, f"model not loaded ({state.status})", headers={"Retry-After": "1"})
         info = state.engine.info()
-        info["score_threshold_default"] = max(settings.score_threshold, state.engine.score_floor)
+        if info.get("options") is not None:  # a detecting model (a segmentation-only one has no scores)
+            info["score_threshold_default"] = max(settings.score_threshold, state.engine.score_floor)
         info["max_batch"] = settings.max_batch
         info["max_upload_mb"] = settings.max_upload_mb
         return info

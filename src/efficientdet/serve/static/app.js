@@ -39,8 +39,10 @@ async function loadInfo() {
   if (info.options) state.minScore = info.options.score_threshold_min;
   $("model").textContent = `${info.model}, ${info.input_size} px, ${info.num_classes} classes, ${info.backend}` +
                            (task === "detect" ? "" : `, ${task}`);
-  $("score").value = info.score_threshold_default;
-  $("score-value").textContent = Number(info.score_threshold_default).toFixed(2);
+  if (state.detects) {
+    $("score").value = info.score_threshold_default;
+    $("score-value").textContent = Number(info.score_threshold_default).toFixed(2);
+  }
   $("score-row").hidden = !state.detects;
   $("box-count").hidden = !state.detects;
   $("table").hidden = !state.detects;
