@@ -245,7 +245,8 @@ def test_two_processes_match_one_segmentation(seg_data, tmp_path):
     moved = differ = 0.0
     for key in b:
         if b[key].is_floating_point():
-            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6, msg=key)
+            # float32 sums in another order (gloo all-reduce): a few 1e-6 apart after 2 steps; see `moved` below
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
             differ = max(differ, (a[key] - b[key]).abs().max().item())
     from efficientdet import create_model
 
