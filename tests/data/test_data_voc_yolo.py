@@ -153,6 +153,12 @@ def test_yolo_names_sources(yolo, tmp_path):
     (tmp_path / "bad.yaml").write_text("names: [x, y\n")
     with pytest.raises(DataError, match=r"bad\.yaml: invalid YAML at line"):
         load_names(tmp_path / "bad.yaml")
+    # ultralytics' mapping with 11+ classes, in file order and shuffled, and with quoted keys
+    mapping = "".join(f"  {i}: c{i}\n" for i in (3, 0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11))
+    (tmp_path / "many.yaml").write_text("names:\n" + mapping)
+    assert load_names(tmp_path / "many.yaml") == [f"c{i}" for i in range(12)]
+    (tmp_path / "quoted.yaml").write_text("names: {'1': b, '0': a}\n")
+    assert load_names(tmp_path / "quoted.yaml") == ["a", "b"]
     (tmp_path / "gap.yaml").write_text("names: {0: a, 2: b}\n")
     with pytest.raises(DataError, match="keys must be the class indices"):
         load_names(tmp_path / "gap.yaml")

@@ -37,11 +37,11 @@ def load_names(path: str | Path) -> list[str]:
             at = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
             raise DataError(f"{p}: invalid YAML{at}; fix the file") from e
         names = doc.get("names") if isinstance(doc, dict) else None
-        if isinstance(names, dict):
-            keys = sorted(names, key=lambda k: (not isinstance(k, int), str(k)))
-            if keys != list(range(len(names))):
+        if isinstance(names, dict):  # {0: name, 1: name, ...}; keys may be written as strings ('0': name)
+            by_index = {int(k) if isinstance(k, str) and k.strip().isdigit() else k: v for k, v in names.items()}
+            if set(by_index) != set(range(len(names))):
                 raise DataError(f"{p}: 'names' keys must be the class indices 0..{len(names) - 1}; fix it")
-            names = [names[k] for k in keys]
+            names = [by_index[i] for i in range(len(names))]
         if not isinstance(names, list) or not names:
             raise DataError(f"{p}: expected a non-empty 'names:' list (or index: name mapping); add it")
         out = [str(n) for n in names]
