@@ -106,6 +106,27 @@ def test_eval_predictions_file_by_file_name(tmp_path, photo_files, capsys):
                             "ARl", "per_class"}
 
 
+def test_no_usable_image_is_an_error_not_a_score(tmp_path, photo_files, tiny_weights, capsys):
+    """Annotations whose files are not under --images (wrong split or folder): eval, train and anchors stop
+    with one line naming the cause, instead of AP -1 with exit 0 or 'lower the batch size'."""
+    gt = {"images": [{"id": 1, "file_name": "sub/wide.jpg", "width": 320, "height": 200}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [10, 10, 50, 40], "area": 2000,
+                           "iscrowd": 0}],
+          "categories": [{"id": 7, "name": "square"}]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    images = str(photo_files[0].parent)
+    for args in (["eval", "--weights", str(tiny_weights), "--images", images, "--annotations", str(tmp_path / "gt.json"),
+                  "--json", str(tmp_path / "m.json")],
+                 ["train", "--model", "d0", "--train-images", images, "--train-annotations", str(tmp_path / "gt.json"),
+                  "--epochs", "1", "--batch-size", "1", "--image-size", "128", "--out", str(tmp_path / "run")],
+                 ["anchors", "--train-images", images, "--train-annotations", str(tmp_path / "gt.json")]):
+        assert main(args) == 2, args[0]
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert f"gt.json: no usable image (1 images skipped because the file is missing" in err, (args[0], err)
+        assert f"check that {images} is the folder its file names are relative to" in err
+    assert not (tmp_path / "m.json").exists()
+
+
 def test_eval_matches_voc_classes_to_the_model_by_name(tmp_path, photo_files, tiny_weights, capsys):
     """A model trained with COCO ids (circle 3, square 7) scored on VOC xml (whose reader numbers classes 1..C
     from the sorted names) gives the COCO json's numbers for the same boxes; a class the model lacks is named

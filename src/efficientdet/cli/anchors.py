@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .common import image_size
 
@@ -10,10 +11,14 @@ from .common import image_size
 def run(args: argparse.Namespace) -> int:
     from ..anchor_fit import input_boxes, p2_hint, propose_anchors, propose_p2
     from ..data import read_dataset
+    from ..data.read import require_images
     from ..variants import get_config
 
     data = read_dataset(args.format, args.train_images, args.train_annotations,
                         class_names=args.names if args.format in ("voc", "yolo", "auto") and args.names else None)
+    if data.report.counts:
+        print(data.report.summary(), file=sys.stderr)
+    require_images(data, args.train_annotations, args.train_images)
     overrides = {"image_size": args.image_size} if args.image_size else {}
     config = get_config(args.model, **overrides)
     boxes = input_boxes(data, config.image_size)

@@ -15,6 +15,7 @@ from .common import add_model_options, add_tile_options, make_detector, positive
 
 def run_segment(args: argparse.Namespace) -> int:
     """``eval --task segment``: mIoU & co. from one confusion matrix at the original resolution."""
+    from ..data.read import require_images
     from ..data.segmentation import read_segmentation
     from ..eval.segmentation import evaluate_segmentation, format_seg_metrics, score_mask_folder
 
@@ -46,6 +47,7 @@ def run_segment(args: argparse.Namespace) -> int:
     data = read_segmentation(args.images, args.annotations, names=names, split="val", strict=args.strict)
     if data.report.counts:
         print(data.report.summary(), file=sys.stderr)
+    require_images(data, args.annotations, args.images)
     if model is None:
         metrics = score_mask_folder(args.predictions, data)
     else:
@@ -62,6 +64,7 @@ def _folder_ground_truth(args: argparse.Namespace, records: object) -> dict:
     """VOC / YOLO ground truth as a COCO dict for ``--predictions``, its classes numbered as the prediction
     ``records`` name them (``predict --json`` records carry ``category_name``; else the reader's 1..C)."""
     from ..data import read_dataset
+    from ..data.read import require_images
     from ..data.records import align_classes
 
     if not args.images:
@@ -69,6 +72,7 @@ def _folder_ground_truth(args: argparse.Namespace, records: object) -> dict:
     data = read_dataset(args.format, args.images, args.annotations, strict=args.strict)
     if data.report.counts:
         print(data.report.summary(), file=sys.stderr)
+    require_images(data, args.annotations, args.images)
     named = {}
     for r in records if isinstance(records, list) else []:
         if isinstance(r, dict) and isinstance(r.get("category_name"), str) and isinstance(r.get("category_id"), int):
@@ -115,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.images or not args.weights:
             raise ConfigError("eval needs --weights and --images (or --predictions FILE to score a results file)")
         from ..data import read_dataset
+        from ..data.read import require_images
         from ..eval.run import evaluate_model
         from ..inference import sharding
 
@@ -122,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         rank, world = sharding.join(args.device)  # under torchrun: this process's slice of the images
         if data.report.counts and rank == 0:
             print(data.report.summary(), file=sys.stderr)
+        require_images(data, args.annotations, args.images)
         detector = sharding.rank_zero_first(rank, world, lambda: make_detector(
             args, threads=sharding.threads_per_process(), score_threshold=DEFAULTS.score_threshold,
             max_det=DEFAULTS.max_det, soft_nms=args.soft_nms or None))

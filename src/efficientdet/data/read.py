@@ -41,6 +41,19 @@ def resolve_format(format: str, annotations: str | Path) -> str:
     return detect_format(annotations) if fmt == "auto" else fmt
 
 
+def require_images(data: object, annotations: str | Path, images: str | Path | None = None) -> None:
+    """Raise a one-line :class:`DataError` when not a single image of ``annotations`` could be used
+    (``data``: a detection or segmentation data set with its load report). Scores, anchors or training
+    on nothing would only hide it; the usual cause is an images folder the file names are not under."""
+    if len(data):  # type: ignore[arg-type]
+        return
+    why = data.report.summary().splitlines()  # type: ignore[attr-defined]
+    reason = f" ({why[0]})" if why else " (it lists none)"
+    fix = (f"check that {images} is the folder its file names are relative to" if images is not None
+           else "check the annotations and the image paths")
+    raise DataError(f"{annotations}: no usable image{reason}; {fix}")
+
+
 def read_dataset(
     format: str,
     images: str | Path,

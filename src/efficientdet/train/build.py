@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from ..data import DetectionDataset, TrainTransform, collate, read_dataset
 from ..data.dataset import seed_worker
+from ..data.read import require_images
 from ..data.records import DetectionData
 from ..data.segmentation import SegmentationData, SegmentationDataset
 from ..errors import ConfigError, DataError
@@ -75,6 +76,7 @@ def read_split(cfg: TrainConfig, images: str, annotations: str, what: str) -> De
         + (f"; {data.report.total_dropped} dropped" if data.report.total_dropped else ""))
     if summary:
         log("\n".join(f"  {line}" for line in summary.splitlines()))
+    require_images(data, annotations, images)
     return data
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ..data.read import require_images
 from ..data.segmentation import SegmentationData, read_segmentation
 from ..errors import ConfigError
 
@@ -37,6 +38,7 @@ def read_seg_split(images: str | None, annotations: str, names: str | None, spli
                                                          else ""))
     if report.summary():
         log("\n".join(f"  {line}" for line in report.summary().splitlines()))
+    require_images(data, annotations, images)
     return data
 
 
