@@ -114,15 +114,15 @@ def test_no_usable_image_is_an_error_not_a_score(tmp_path, photo_files, tiny_wei
                            "iscrowd": 0}],
           "categories": [{"id": 7, "name": "square"}]}
     (tmp_path / "gt.json").write_text(json.dumps(gt))
-    images = str(photo_files[0].parent)
-    for args in (["eval", "--weights", str(tiny_weights), "--images", images, "--annotations", str(tmp_path / "gt.json"),
+    images, ann = str(photo_files[0].parent), str(tmp_path / "gt.json")
+    for args in (["eval", "--weights", str(tiny_weights), "--images", images, "--annotations", ann,
                   "--json", str(tmp_path / "m.json")],
-                 ["train", "--model", "d0", "--train-images", images, "--train-annotations", str(tmp_path / "gt.json"),
+                 ["train", "--model", "d0", "--train-images", images, "--train-annotations", ann,
                   "--epochs", "1", "--batch-size", "1", "--image-size", "128", "--out", str(tmp_path / "run")],
-                 ["anchors", "--train-images", images, "--train-annotations", str(tmp_path / "gt.json")]):
+                 ["anchors", "--train-images", images, "--train-annotations", ann]):
         assert main(args) == 2, args[0]
         err = capsys.readouterr().err.strip().splitlines()[-1]
-        assert f"gt.json: no usable image (1 images skipped because the file is missing" in err, (args[0], err)
+        assert "gt.json: no usable image (1 images skipped because the file is missing" in err, (args[0], err)
         assert f"check that {images} is the folder its file names are relative to" in err
     assert not (tmp_path / "m.json").exists()
 

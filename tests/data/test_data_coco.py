@@ -249,3 +249,33 @@ def test_report_merge_and_reasons():
     assert r.count("clipped") == 2 and r.messages["clipped"] == ["x", "y"] and r.total_dropped == 1
     with pytest.raises(KeyError):
         r.add("nonsense", "m")
+
+
+def test_annotations_without_bbox_are_boxed_from_their_segmentation(tmp_path):
+    """Segmentation-only annotations get the box around their polygons or RLE (pycocotools' toBbox);
+    one with neither is dropped and counted, not a fatal error for the whole file."""
+    from pycocotools import mask as mask_utils
+
+    doc = _base(tmp_path)
+    grid = np.zeros((60, 50), np.uint8, order="F")
+    grid[10:25, 4:9] = 1  # rows 10..24, columns 4..8: box [4, 10, 5, 15]
+    compressed = mask_utils.encode(grid)
+    compressed["counts"] = compressed["counts"].decode("ascii")
+    doc["annotations"] += [
+        {"id": 4, "image_id": 10, "category_id": 7, "segmentation": [[12, 5, 30, 5, 30, 25], [40, 30, 44, 31, 41, 33]]},
+        {"id": 5, "image_id": 20, "category_id": 1, "segmentation": compressed},
+        {"id": 6, "image_id": 20, "category_id": 1, "segmentation": {"size": [60, 50], "counts": [510, 15, 35, 15]}},
+        {"id": 7, "image_id": 30, "category_id": 3, "segmentation": []},
+    ]
+    data = read_coco(tmp_path / "images", _write(tmp_path, doc))
+    a, b, c = data.samples
+    np.testing.assert_allclose(a.boxes[-1], [12, 5, 44, 33])  # around both polygons
+    np.testing.assert_allclose(b.boxes[1], [4, 10, 9, 25])  # the compressed RLE
+    # uncompressed, column-major runs over 60 rows: 510 zeros = 8 columns + 30 rows, so column 8 rows 30-44,
+    # then 35 zeros, then column 9 rows 20-34
+    np.testing.assert_allclose(b.boxes[2], [8, 20, 10, 45])
+    assert len(c.boxes) == 0
+    assert data.report.count("bbox_from_segmentation") == 3 and data.report.count("no_bbox") == 1
+    assert "annotation id 7: no 'bbox' and no usable 'segmentation'" in data.report.summary()
+    with pytest.raises(DataError, match="'bbox' must be 4 numbers"):  # a bbox that is there but wrong stays an error
+        read_coco(tmp_path / "images", _write(tmp_path, dict(doc, annotations=[dict(doc["annotations"][0], bbox=[1])])))

@@ -44,6 +44,30 @@ def _record(value: Any, src: str, key: str, index: int) -> dict:
     return value
 
 
+def _bbox_of_segmentation(seg: Any) -> list[float] | None:
+    """[x, y, w, h] around COCO polygons or an RLE (pycocotools), or None when there is nothing usable."""
+    if isinstance(seg, list):  # polygons [[x1, y1, x2, y2, ...], ...]
+        xs = [v for poly in seg if isinstance(poly, list) for v in poly[0::2] if is_number(v)]
+        ys = [v for poly in seg if isinstance(poly, list) for v in poly[1::2] if is_number(v)]
+        if not xs or not ys:
+            return None
+        x0, y0 = min(map(float, xs)), min(map(float, ys))
+        return [x0, y0, max(map(float, xs)) - x0, max(map(float, ys)) - y0]
+    if isinstance(seg, dict) and "counts" in seg and isinstance(seg.get("size"), list) and len(seg["size"]) == 2:
+        try:
+            from pycocotools import mask as mask_utils
+
+            h, w = (int(v) for v in seg["size"])
+            rle = mask_utils.frPyObjects(seg, h, w) if isinstance(seg["counts"], list) else seg
+            if isinstance(rle.get("counts"), str):
+                rle = dict(rle, counts=rle["counts"].encode("ascii"))
+            box = [float(v) for v in mask_utils.toBbox(rle)]
+        except Exception:  # malformed RLE: nothing usable
+            return None
+        return box if box[2] > 0 and box[3] > 0 else None
+    return None
+
+
 def _int_field(rec: dict, field: str, where: str, required: bool = True) -> int | None:
     if field not in rec:
         if required:
@@ -150,6 +174,12 @@ def read_coco(
         iid = _int_field(ann, "image_id", where)
         cid = _int_field(ann, "category_id", where)
         bbox = ann.get("bbox")
+        if bbox is None:  # segmentation-only annotations: the box around the segmentation
+            bbox = _bbox_of_segmentation(ann.get("segmentation"))
+            if bbox is None:
+                report.add("no_bbox", f"{where}: no 'bbox' and no usable 'segmentation'; dropped, add the box")
+                continue
+            report.add("bbox_from_segmentation", f"{where}: no 'bbox'; the box around its segmentation is used")
         if not isinstance(bbox, list) or len(bbox) != 4 or not all(is_number(v) for v in bbox):
             raise DataError(f"{where}: 'bbox' must be 4 numbers [x, y, width, height], got {bbox!r:.80}; "
                             "fix the annotation")

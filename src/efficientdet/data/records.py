@@ -39,6 +39,8 @@ REASONS: dict[str, tuple[str, bool, bool]] = {
     "size_mismatch": ("image sizes corrected to the file's actual size", True, False),
     "orphan_label": ("label files without a matching image (ignored)", True, True),
     "no_annotations": ("annotation files without an 'annotations' list (images unlabelled)", False, False),
+    "bbox_from_segmentation": ("COCO annotations without 'bbox' boxed from their segmentation", False, False),
+    "no_bbox": ("COCO annotations dropped for having neither 'bbox' nor a usable segmentation", True, True),
     # segmentation masks (efficientdet.data.segmentation)
     "missing_mask": ("images skipped because their mask file is missing", True, True),
     "unreadable_mask": ("images skipped because the mask is unreadable or not a single-channel PNG", True, True),
