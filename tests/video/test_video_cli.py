@@ -113,7 +113,9 @@ def test_signal_mid_video_finalises_outputs(tmp_path, tiny_weights, sig):
     out, js = tmp_path / "out", tmp_path / "d.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "efficientdet", "predict", str(video), "--weights",
                              str(tiny_weights), "--out", str(out), "--json", str(js), "--device", "cpu"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a background job's children start with SIGINT ignored: give it back its default
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while (not js.exists() or len(js.read_text().splitlines()) < 3) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
