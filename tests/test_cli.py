@@ -160,7 +160,7 @@ def test_eval_matches_voc_classes_to_the_model_by_name(tmp_path, photo_files, ti
     common = ["eval", "--weights", str(tiny_weights), "--images", str(tmp_path)]
     assert main([*common, "--annotations", str(voc), "--json", str(tmp_path / "voc.json"), "--save-predictions",
                  str(tmp_path / "saved.json")]) == 0
-    assert "1 class(es) not among the 2 expected (triangle)" in capsys.readouterr().err
+    assert "1 class(es) not among the 2 classes of the model (triangle)" in capsys.readouterr().err
     # the saved detections scored against the VOC folder (--predictions, with --images) give the same numbers
     assert main(["eval", "--predictions", str(tmp_path / "saved.json"), "--images", str(tmp_path), "--annotations",
                  str(voc), "--json", str(tmp_path / "again.json")]) == 0

@@ -78,7 +78,8 @@ def _folder_ground_truth(args: argparse.Namespace, records: object) -> dict:
         if isinstance(r, dict) and isinstance(r.get("category_name"), str) and isinstance(r.get("category_id"), int):
             named.setdefault(r["category_name"], r["category_id"])
     if named:
-        data, notes = align_classes(data, list(named), list(named.values()))
+        data, notes = align_classes(data, list(named), list(named.values()),
+                                    against=f"classes predicted in {Path(args.predictions).name}")
         for note in notes:
             print(f"warning: {note}", file=sys.stderr)
     else:
@@ -137,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
         from ..data.records import align_classes
 
         coco = resolve_format(args.format, args.annotations) == "coco"
-        data, notes = align_classes(data, detector.class_names, detector.category_ids, by_id=coco)
+        data, notes = align_classes(data, detector.class_names, detector.category_ids, by_id=coco,
+                                    against="classes of the model")
         for note in notes if rank == 0 else []:
             print(f"warning: {note}", file=sys.stderr)
         detector = tiled(detector, args, DEFAULTS.max_det)

@@ -223,8 +223,8 @@ class DetectionData:
         }
 
 
-def align_classes(data: DetectionData, class_names: list[str], category_ids: list[int], by_id: bool = False
-                  ) -> tuple[DetectionData, list[str]]:
+def align_classes(data: DetectionData, class_names: list[str], category_ids: list[int], by_id: bool = False,
+                  against: str = "expected classes") -> tuple[DetectionData, list[str]]:
     """``data`` relabelled to another class list (a model's, or the training split's), matched by name.
 
     ``by_id`` (COCO json data, whose category ids mean something): when every category id of ``data`` is
@@ -235,7 +235,8 @@ def align_classes(data: DetectionData, class_names: list[str], category_ids: lis
     match (exactly, else ignoring case); classes of ``data`` that the list lacks keep their boxes under a
     new, unused category id (so a model that cannot predict them scores 0 on them, as it should). When no
     name matches but the class counts are equal, the classes are matched by index (a data set without
-    names). Returns the new data (the same object when nothing changes) and warnings to show.
+    names). Returns the new data (the same object when nothing changes) and warnings to show (``against``
+    names the other list in them, e.g. "classes of the model").
     """
     if list(data.class_names) == list(class_names) and list(data.category_ids) == list(category_ids):
         return data, []
@@ -263,7 +264,7 @@ def align_classes(data: DetectionData, class_names: list[str], category_ids: lis
         names.append(name)
         ids.append(first_new_id + k)
     if missing:
-        notes.append(f"{data.source}: {len(missing)} class(es) not among the {len(class_names)} expected "
+        notes.append(f"{data.source}: {len(missing)} class(es) not among the {len(class_names)} {against} "
                      f"({', '.join(str(n) for _, n in missing[:8])}); their boxes count as missed")
     lut = np.asarray([mapping[i] for i in range(len(data.class_names))], dtype=np.int64)
     samples = [dataclasses.replace(s, labels=lut[s.labels] if len(s.labels) else s.labels) for s in data.samples]

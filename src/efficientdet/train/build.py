@@ -101,7 +101,8 @@ def build_data(cfg: TrainConfig) -> tuple[Any, Any]:
         val_data = read_split(cfg, cfg.val_images, cfg.val_annotations, "val") if cfg.val_images else None
         if val_data is not None:  # numbered as training numbers them (VOC / YOLO readers number each split)
             coco = resolve_format(cfg.format, cfg.val_annotations) == "coco"
-            val_data, notes = align_classes(val_data, train_data.class_names, train_data.category_ids, by_id=coco)
+            val_data, notes = align_classes(val_data, train_data.class_names, train_data.category_ids, by_id=coco,
+                                            against="training classes")
             for note in notes:
                 log(f"warning: {note}")
     if len(train_data) < cfg.batch_size:
