@@ -233,10 +233,10 @@ def test_align_classes_by_name_case_index_and_id():
         return DetectionData([s], names, ids, source="val")
 
     d = data(["Red", "blue", "cyan"], [1, 2, 3], [0, 1, 2, 2])  # a VOC split: sorted names, ids 1..3
-    got, notes = align_classes(d, ["Blue", "Red", "green"], [17, 3, 90])
+    got, notes = align_classes(d, ["Blue", "Red", "green"], [17, 3, 90], against="classes of the model")
     assert got.samples[0].labels.tolist() == [1, 0, 3, 3]  # Red -> 1, blue -> Blue (case), cyan -> new class 3
     assert got.class_names == ["Blue", "Red", "green", "cyan"] and got.category_ids == [17, 3, 90, 91]
-    assert len(notes) == 1 and "1 class(es) not among the 3 expected (cyan)" in notes[0]
+    assert len(notes) == 1 and "val: 1 class(es) not among the 3 classes of the model (cyan)" in notes[0]
     same = data(["x", "y"], [1, 2], [1])
     assert align_classes(same, ["x", "y"], [1, 2]) == (same, [])
     by_index, notes = align_classes(data(["class0", "class1"], [1, 2], [1]), ["cat", "dog"], [5, 6])
