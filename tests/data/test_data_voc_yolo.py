@@ -173,7 +173,9 @@ def test_yolo_names_sources(yolo, tmp_path):
 @pytest.mark.parametrize(
     "line, match",
     [
-        ("0 0.5 0.5 0.2", r"a\.txt line 2: expected 'class cx cy w h' \(5 values\), got 4"),
+        ("0 0.5 0.5 0.2", r"a\.txt line 2: expected 'class cx cy w h' \(5 values\) or a polygon .*, got 4"),
+        ("0 0.1 0.1 0.3 0.1 0.3 0.3 0.2", r"or a polygon 'class x1 y1 x2 y2 x3 y3 \.\.\.' \(an odd number of values, "
+                                          r"at least 7\), got 8 values"),
         ("0 0.5 abc 0.2 0.2", r"a\.txt line 2: non-numeric"),
         ("x 0.5 0.5 0.2 0.2", r"a\.txt line 2: class 'x' is not an integer"),
         ("1.5 0.5 0.5 0.2 0.2", "is not an integer"),

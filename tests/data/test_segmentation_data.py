@@ -71,6 +71,8 @@ def test_bad_masks_are_counted_or_raised(tmp_path):
     _pair(images, masks, "wrong_size", (30, 20), np.zeros((21, 30)))
     _pair(images, masks, "bad_value", (30, 20), np.full((20, 30), 3))
     _pair(images, masks, "no_mask", (30, 20), None)
+    Image.new("RGB", (30, 20)).save(images / "grey_rgb.jpg")  # R = G = B = class: read as the same mask
+    Image.fromarray(np.repeat(good[..., None], 3, -1), "RGB").save(masks / "grey_rgb.png")
     Image.new("RGB", (30, 20)).save(images / "colour.jpg")
     Image.new("RGB", (30, 20), (1, 2, 3)).save(masks / "colour.png")
     Image.new("RGB", (30, 20)).save(images / "broken.jpg")
@@ -81,7 +83,9 @@ def test_bad_masks_are_counted_or_raised(tmp_path):
     names.write_text("background\ncat\ndog\n")
 
     data = read_segmentation(images, masks, names=names)
-    assert [s.file_name for s in data.samples] == ["good.jpg"] and data.class_names == ["background", "cat", "dog"]
+    assert [s.file_name for s in data.samples] == ["good.jpg", "grey_rgb.jpg"]
+    assert data.class_names == ["background", "cat", "dog"]
+    np.testing.assert_array_equal(data.samples[1].load_mask(), good)
     r = data.report
     assert (r.count("mask_size_mismatch"), r.count("mask_bad_values"), r.count("unreadable_mask"),
             r.count("orphan_mask"), r.count("no_mask")) == (1, 1, 2, 1, 1)
@@ -99,7 +103,7 @@ def test_bad_masks_are_counted_or_raised(tmp_path):
         read_mask(masks / "broken.png")
     # without names the class count comes from the masks: 0..3 -> 4 classes, nothing rejected for values
     inferred = read_segmentation(images, masks)
-    assert inferred.class_names == ["background", "class1", "class2", "class3"] and len(inferred) == 2
+    assert inferred.class_names == ["background", "class1", "class2", "class3"] and len(inferred) == 3
 
 
 def test_voc_root_split_and_errors(tmp_path):

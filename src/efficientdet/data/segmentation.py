@@ -139,8 +139,9 @@ def collate_segmentation(batch: list[tuple[Any, dict]]) -> tuple[Any, Any, list[
 def read_mask(path: Path) -> np.ndarray:
     """A single-channel PNG (palette ``P`` or grayscale ``L``/``I``) as (H, W) uint8 class indices.
 
-    Palette PNGs are read as their indices (VOC's colours are not class ids). Raises DataError for
-    missing or unreadable files, colour images and values above 255.
+    Palette PNGs are read as their indices (VOC's colours are not class ids); RGB(A) masks whose three
+    channels are equal are read as grayscale. Raises DataError for missing or unreadable files, colour
+    images and values above 255.
     """
     try:
         with warnings.catch_warnings():
@@ -154,6 +155,8 @@ def read_mask(path: Path) -> np.ndarray:
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise DataError(f"{path}: cannot read the mask ({type(e).__name__}); replace it with a PNG of class "
                         "indices") from e
+    if mode in ("RGB", "RGBA") and arr.size and (arr[..., :3] == arr[..., :1]).all():
+        arr, mode = arr[..., 0], "L"  # grey saved as colour (R = G = B = the class index): the same mask
     if mode not in ("P", "L", "I", "I;16", "I;16B", "I;16L", "1"):
         raise DataError(f"{path}: the mask is a {mode} image; masks must be single-channel PNGs of class "
                         "indices (palette or grayscale), not colour images")

@@ -72,8 +72,9 @@ def _parse_line(line: str, where: str) -> tuple[int, list[float]]:
     """``class cx cy w h`` (or a polygon) -> ``(class, [cx, cy, w, h])``, normalised units."""
     parts = line.split()
     if len(parts) != 5 and (len(parts) < 7 or len(parts) % 2 == 0):
-        raise DataError(f"{where}: expected 'class cx cy w h' (5 values), got {len(parts)} values: "
-                        f"{line.strip()!r:.80}; fix the line")
+        raise DataError(f"{where}: expected 'class cx cy w h' (5 values) or a polygon 'class x1 y1 x2 y2 x3 y3 ...' "
+                        f"(an odd number of values, at least 7), got {len(parts)} values: {line.strip()!r:.80}; "
+                        "fix the line")
     try:
         cls_value = float(parts[0])
     except ValueError as e:
