@@ -50,9 +50,9 @@ def test_segmentation_run_folder(seg_run, seg_data):
     raw = (seg_run / "metrics.csv").read_text().splitlines()  # counters stay integers when rows are rewritten
     assert [line.split(",")[0] for line in raw[1:]] == ["1", "2"] and raw[1].split(",")[-2] == "0"
     assert all(math.isfinite(r["seg_loss"]) and 0 <= r["mIoU"] <= 1 for r in rows)
-    for name in ("loss.png", "miou.png", "val_overlays.png"):
+    for name in ("loss.png", "miou.png", "val_overlays.png", "train_batch.png"):
         assert (seg_run / name).stat().st_size > 1000, name
-    assert not (seg_run / "ap.png").exists()
+    assert not (seg_run / "ap.png").exists() and not (seg_run / "labels.png").exists()  # no boxes
     last = load_checkpoint(seg_run / "weights" / "last.pt")
     assert last.extra["train"]["epoch"] == 2 and last.extra["train"]["step"] == 4
 

@@ -28,6 +28,19 @@ def test_train_batch_draws_boxes_in_class_colours(tmp_path):
     assert tuple(grid[25, 64 + 10]) == (128, 128, 128)  # second image: no box
 
 
+def test_train_batch_blends_segmentation_masks(tmp_path):
+    """A segmentation target's mask is blended in its VOC colour (class 1: (128, 0, 0)), 0 and 255 left alone."""
+    images = torch.zeros(1, 3, 64, 64)  # grey 128 after denormalisation
+    mask = torch.zeros(64, 64, dtype=torch.uint8)
+    mask[10:20, 10:20] = 1
+    mask[30:40, 30:40] = 255
+    path = save_train_batch(images, [{"mask": mask}], (0.5,) * 3, (0.5,) * 3, [], tmp_path / "train_batch.png")
+    grid = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    expected = np.round(0.55 * 128 + 0.45 * np.array([128, 0, 0]))  # alpha 0.45
+    assert np.abs(grid[15, 15] - expected).max() <= 1
+    assert tuple(grid[35, 35]) == (128, 128, 128) and tuple(grid[5, 5]) == (128, 128, 128)
+
+
 def test_label_statistics_plot_without_warnings(tmp_path):
     boxes = np.array([[0, 0, 20, 10], [5, 5, 50, 60]], np.float32)
     shapes = anchor_shapes(128, 3, 4, 4.0, 1, ((1.0, 1.0),))

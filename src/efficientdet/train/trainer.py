@@ -21,6 +21,7 @@ from torch import nn
 
 from ..anchors import anchors_for
 from ..data.records import DetectionData
+from ..data.segmentation import SegmentationData
 from ..errors import ConfigError, TrainingStopped
 from ..loss import DetectionLoss
 from ..weights import load_checkpoint, save_checkpoint
@@ -187,7 +188,7 @@ class Trainer:
                    disable=not (cfg.progress and dist.is_main()), dynamic_ncols=True, leave=True)
         tick = time.perf_counter()
         for images, targets in self.loader:
-            if s.step == 0 and cfg.plots and dist.is_main() and cfg.tasks == ("detect",):
+            if s.step == 0 and cfg.plots and dist.is_main():
                 self._save_train_batch(images, targets)
             self.set_train_mode()
             terms = train_step(s, self.setup, images, targets, cfg.accumulate)
@@ -277,7 +278,7 @@ class Trainer:
                  f"{dist.world_size()} process(es), {self.device}, amp={'on' if self.amp else 'off'}, "
                  f"peak lr {cfg.peak_lr:g}" + (f", {cfg.accumulate} micro-batches per step" if cfg.accumulate > 1
                                                else "") + f"; run folder {self.run_dir}")
-            if self.state.step == 0 and cfg.plots and dist.is_main() and cfg.tasks == ("detect",):
+            if self.state.step == 0 and cfg.plots and dist.is_main() and "detect" in cfg.tasks:
                 self._save_label_statistics()
             while self.state.epoch < cfg.epochs:
                 t0 = time.perf_counter()
@@ -367,13 +368,18 @@ class Trainer:
         dist.barrier()
         return result
 
+    def _box_data(self) -> DetectionData | SegmentationData:
+        """The training data whose classes the boxes use: a joint run's detection view, else the data."""
+        view = getattr(self.train_data, "detection", None)
+        return view if view is not None else self.train_data
+
     def _save_train_batch(self, images: torch.Tensor, targets: list[dict]) -> None:
         """``train_batch.png``: the first augmented batch as the network sees it, with its boxes."""
         from .visuals import save_train_batch
 
         c = self.model.config
         try:
-            save_train_batch(images, targets, c.mean, c.std, list(self.train_data.class_names),
+            save_train_batch(images, targets, c.mean, c.std, list(self._box_data().class_names),
                              self.run_dir / "train_batch.png")
         except Exception as exc:  # a picture must never stop a run
             log(f"warning: train_batch.png not written ({type(exc).__name__}: {exc})")
@@ -384,11 +390,12 @@ class Trainer:
         from .visuals import anchor_shapes, save_label_statistics
 
         c = self.model.config
+        data = self._box_data()
         try:
-            boxes = input_boxes(self.train_data, c.image_size)
-            labels = [smp.labels[~smp.iscrowd] for smp in self.train_data.samples]
+            boxes = input_boxes(data, c.image_size)
+            labels = [smp.labels[~smp.iscrowd] for smp in data.samples]
             save_label_statistics(boxes, np.concatenate(labels) if labels else np.zeros(0, np.int64),
-                                  list(self.train_data.class_names),
+                                  list(data.class_names),
                                   anchor_shapes(c.image_size, c.min_level, c.max_level, c.anchor_scale,
                                                 c.num_scales, c.aspect_ratios),
                                   self.run_dir / "labels.png", c.image_size)

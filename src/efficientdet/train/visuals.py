@@ -29,16 +29,23 @@ def save_train_batch(images: torch.Tensor, targets: list[dict], mean: Sequence[f
     """Draw a training batch as the network sees it (after augmentation) with its boxes and class names.
 
     ``images`` (B, 3, S, S) normalised; ``targets[i]["boxes"]`` (N, 4) xyxy input pixels and
-    ``["labels"]`` (N,) 0-based. Writes a grid PNG at ``path``.
+    ``["labels"]`` (N,) 0-based; a segmentation target's ``["mask"]`` (S, S) class indices is blended in
+    (VOC colours, 255 = ignored left as is). Writes a grid PNG at ``path``.
     """
     from PIL import Image, ImageDraw
+
+    from ..masks import overlay_mask
 
     pixels = denormalize(images[:max_images], mean, std)
     drawn = []
     for img, target in zip(pixels, targets):
         im = Image.fromarray(img)
+        if "mask" in target:
+            im = overlay_mask(im, np.asarray(target["mask"], np.uint8), alpha=0.45)
         d = ImageDraw.Draw(im)
-        for box, label in zip(target["boxes"].tolist(), target["labels"].tolist()):
+        boxes = target["boxes"].tolist() if "boxes" in target else []
+        labels = target["labels"].tolist() if "labels" in target else []
+        for box, label in zip(boxes, labels):
             color = PALETTE[int(label) % len(PALETTE)]
             d.rectangle(box, outline=color, width=2)
             name = class_names[int(label)] if int(label) < len(class_names) else None
