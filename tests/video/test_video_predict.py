@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from fractions import Fraction
 from pathlib import Path
 
@@ -198,8 +199,6 @@ def test_truncated_files(tmp_path, detector):
     (tmp_path / "cut.mkv").write_bytes(mkv[: len(mkv) // 2])
     summary = predict_video(detector, tmp_path / "cut.mkv", json=tmp_path / "k.jsonl")
     assert 0 < summary.frames < 48 and len(read_lines(tmp_path / "k.jsonl")) == summary.frames
-    import re
-
     found = re.fullmatch(r"the file ends at (\d+\.\d\d) s of its 1\.92 s \(truncated\?\)", summary.stopped or "")
     assert found and summary.frames / FPS - 0.01 <= float(found.group(1)) < 1.5, summary.stopped
 
