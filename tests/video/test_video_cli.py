@@ -11,7 +11,7 @@ import pytest
 from efficientdet.cli import main
 from efficientdet.errors import ConfigError
 
-from .conftest import FPS, decode_all, make_video
+from .conftest import FPS, TINY, decode_all, make_video
 
 
 @pytest.fixture(autouse=True)
@@ -155,3 +155,56 @@ def test_videos_inside_a_folder_are_reported_and_dev_video_is_a_webcam(tmp_path,
                            str(tiny_weights)], capture_output=True, text=True, timeout=300)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "webcam 63: /dev/video63 does not exist" in lines[0]
+
+
+def test_segmentation_model_on_a_video(tmp_path, clip):
+    """A segmentation-only checkpoint on a video: the masks blended into the output video and the pixels per
+    class of every frame in the JSON Lines, equal to the Segmenter's on the same decoded frames."""
+    import numpy as np
+    import torch
+
+    from efficientdet import create_model
+    from efficientdet.inference.segmenter import Segmenter
+    from efficientdet.masks import pixel_counts
+    from efficientdet.weights import save_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model("d0_seg", seg_classes=3, image_size=128, fpn_channels=16, fpn_layers=1, seg_channels=16,
+                         seg_layers=1)
+    model.seg_class_names = ["background", "red", "green"]
+    weights = save_checkpoint(tmp_path / "seg.pt", model.eval())
+    out, js = tmp_path / "out", tmp_path / "s.jsonl"
+    assert main(["predict", str(clip), "--weights", str(weights), "--out", str(out), "--json", str(js),
+                 "--max-frames", "4"]) == 0
+    records = [json.loads(line) for line in js.read_text().splitlines()]
+    assert [r["frame"] for r in records] == [0, 1, 2, 3] and all(r["detections"] == [] for r in records)
+    source, _, _ = decode_all(clip)
+    segmenter = Segmenter(create_model(None, weights=str(weights)))
+    for record, frame in zip(records, source):
+        assert sum(record["pixels"].values()) == 320 * 192
+        assert record["pixels"] == pixel_counts(segmenter([frame])[0], ["background", "red", "green"])
+    written, _, _ = decode_all(out / "clip.mp4")
+    assert len(written) == 4
+    assert any(k != "background" for k in records[0]["pixels"])  # an untrained model paints some classes
+    assert np.abs(written[0].astype(int) - source[0].astype(int)).mean() > 3  # blended into the picture
+
+
+def test_joint_model_on_a_video_gives_boxes_and_pixels(tmp_path, clip):
+    import torch
+
+    from efficientdet import create_model
+    from efficientdet.weights import save_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model("d0", num_classes=2, class_names=["red", "green"], seg_head="decoder", seg_classes=3,
+                         seg_class_names=["background", "red", "green"], **TINY)
+    with torch.no_grad():  # some detection scores above the threshold
+        model.class_net.predict.pw.bias.fill_(0.0)
+    weights = save_checkpoint(tmp_path / "joint.pt", model.eval())
+    js = tmp_path / "j.jsonl"
+    assert main(["predict", str(clip), "--weights", str(weights), "--json", str(js), "--max-frames", "2",
+                 "--score-threshold", "0.3"]) == 0
+    records = [json.loads(line) for line in js.read_text().splitlines()]
+    assert len(records) == 2 and all(r["detections"] for r in records)
+    assert all(sum(r["pixels"].values()) == 320 * 192 and set(r["pixels"]) <= {"background", "red", "green"}
+               for r in records)

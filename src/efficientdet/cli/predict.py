@@ -35,17 +35,23 @@ def _save_mask(args: argparse.Namespace, name: str, mask, class_names: list[str]
             "pixels": pixel_counts(mask, class_names)}
 
 
-def run_segment(args: argparse.Namespace, items: list, problems: list[str]) -> int:
-    """Segmentation-only models: a mask per image (``--masks``), overlays (``--out``), pixel counts (``--json``)."""
+def run_segment(args: argparse.Namespace, items: list, problems: list[str], videos: list[str]) -> int:
+    """Segmentation-only models: a mask per image (``--masks``), overlays (``--out``), pixel counts (``--json``);
+    videos: the overlay video (``--out``) and pixel counts per frame (``--json`` JSON Lines)."""
     import time
 
     from ..images import load_image
-    from ..inference.tasks import load_segmenter
+    from ..inference.tasks import MasksAsDetections, load_segmenter
     from ..masks import overlay_mask
 
+    if videos and (args.track or args.masks):
+        raise ConfigError(f"{'--track' if args.track else '--masks'} does not apply to a video with a segmentation "
+                          "model: --out writes the video with the masks blended in, --json the pixels per frame")
     segmenter = load_segmenter(args.weights, model=args.model, device=args.device,
                                image_size=args.image_size,
                                batch_size=args.batch_size if isinstance(args.batch_size, int) else 1)
+    if not items:
+        return predict_videos(args, MasksAsDetections(segmenter), videos)
     names = segmenter.class_names
     out_dir = Path(args.out) if args.out else None
     records, skipped = [], 0
@@ -71,10 +77,11 @@ def run_segment(args: argparse.Namespace, items: list, problems: list[str]) -> i
         write_json(args.json, records)
     print(f"{len(records)} image(s) segmented" + (f"; masks in {args.masks}" if args.masks else "")
           + (f"; overlays in {out_dir}" if out_dir else "") + (f"; pixel counts in {args.json}" if args.json else ""))
+    video_code = predict_videos(args, MasksAsDetections(segmenter), videos) if videos else 0
     if skipped or problems:
         print(f"error: {skipped + len(problems)} input(s) skipped (see above)", file=sys.stderr)
-        return 1
-    return 0
+        return max(1, video_code)
+    return video_code
 
 
 def is_onnx(weights: str | None) -> bool:
@@ -101,9 +108,7 @@ def run(args: argparse.Namespace) -> int:
 
     kind = weights_task(args.weights)
     if kind == SEGMENT:
-        if videos:
-            raise ConfigError("segmentation models predict images (--masks); pass image files, not videos")
-        return run_segment(args, items, problems)
+        return run_segment(args, items, problems, videos)
     if args.masks and kind != JOINT:
         raise ConfigError(f"--masks needs a segmentation (or joint) model; {args.weights or 'the model'} only detects")
     seg_records: list[dict] = []

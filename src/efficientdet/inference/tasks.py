@@ -91,6 +91,38 @@ def load_segmenter(weights: str | Path, model: str | None = None, device: str = 
                      batch_size=batch_size)
 
 
+class MasksAsDetections:
+    """A segmenter called as a detector: ``(images, batch_size=n) -> [Detections]`` with no boxes and
+    ``.mask`` the (H, W) uint8 class map at the original size. So that what takes detectors (the video
+    loop, tracking-free) runs segmentation-only models too; ``seg_class_names`` names the mask values."""
+
+    def __init__(self, segmenter: Any) -> None:
+        self.segmenter = segmenter
+        self.seg_class_names = list(segmenter.class_names)
+        self.device = getattr(segmenter, "device", "cpu")
+
+    def __call__(self, images: Any, batch_size: int = 1) -> list[Any]:
+        import time
+
+        import numpy as np
+
+        from ..detections import Detections
+        from ..images import is_single_image, to_pil
+
+        items = [to_pil(im) for im in ([images] if is_single_image(images) else list(images))]
+        t0 = time.perf_counter()
+        masks = self.segmenter(items, batch_size=batch_size) if items else []
+        ms = (time.perf_counter() - t0) * 1e3 / max(1, len(items))
+        out = []
+        for image, mask in zip(items, masks):
+            det = Detections.from_arrays(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64),
+                                         [], [], image.size, None,
+                                         {"preprocess_ms": 0.0, "inference_ms": ms, "postprocess_ms": 0.0})
+            det.mask = mask
+            out.append(det)
+        return out
+
+
 def _onnx_outputs(path: str | Path) -> str | None:
     """The ``outputs`` metadata entry of an exported file (``seg``, ``nms``, ``raw``), read with ``onnx``."""
     from ..errors import WeightsError

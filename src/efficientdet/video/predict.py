@@ -132,8 +132,6 @@ def predict_video(
     """
     from tqdm import tqdm
 
-    from ..visualize import draw_detections
-
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size} must be a positive integer")
     own_source = not isinstance(source, FrameSource)
@@ -151,6 +149,7 @@ def predict_video(
         bar = tqdm(total=expected_frames(src, vid_stride, max_frames), unit="frame", desc=src.stem,
                    disable=not progress, file=sys.stderr, dynamic_ncols=True, leave=True)
         prepare_images, infer = detection_stages(detector)
+        seg_names = list(getattr(detector, "seg_class_names", None) or [])  # a model that segments
 
         def prepare(frames: list[Frame]) -> Any:
             return prepare_images([f.image for f in frames])
@@ -161,9 +160,9 @@ def predict_video(
                 if tracker is not None:
                     det = tracker.update(det)
                 if lines is not None:
-                    lines.write(frame_record(frame.index, frame.time_s, det))
+                    lines.write(frame_record(frame.index, frame.time_s, det, seg_names))
                 if writer is not None:
-                    writer.write(draw_detections(frame.image, det) if draw else frame.image)
+                    writer.write(_drawn(frame.image, det) if draw else frame.image)
                 if on_frame is not None:
                     on_frame(frame, det)
                 frames_done += 1
@@ -189,6 +188,17 @@ def predict_video(
         json=Path(json) if json is not None else None, skipped=src.skipped, problems=list(src.problems),
         stopped=stopped or src.stop_reason,
     )
+
+
+def _drawn(image: Any, det: Detections) -> Any:
+    """The frame with its mask blended in (models that segment) and its boxes drawn."""
+    from ..visualize import draw_detections
+
+    if det.mask is not None:
+        from ..masks import overlay_mask
+
+        image = overlay_mask(image, det.mask)
+    return draw_detections(image, det)
 
 
 def _close_all(things: list[Any]) -> None:

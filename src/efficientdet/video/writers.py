@@ -133,12 +133,14 @@ class JsonLinesWriter:
         self.close()
 
 
-def frame_record(index: int, time_s: float, detections: Detections) -> dict[str, Any]:
+def frame_record(index: int, time_s: float, detections: Detections,
+                 seg_class_names: list[str] | None = None) -> dict[str, Any]:
     """The JSON Lines record of a frame: ``{"frame": i, "time_s": t, "detections": [...]}``.
 
     Each detection is the record ``Detections.to_coco()`` gives for an image (bbox [x, y, w, h] in frame
     pixels, score, category_id, category_name), plus ``"track_id"`` (int) when the detections carry
-    ``track_ids`` (set by a tracker).
+    ``track_ids`` (set by a tracker). A model that segments adds ``"pixels"``: pixels per class name in
+    the frame's mask, most frequent first (as ``predict --json`` gives for an image).
     """
     records = detections.to_coco()
     for rec in records:
@@ -147,7 +149,12 @@ def frame_record(index: int, time_s: float, detections: Detections) -> dict[str,
     if track_ids is not None:
         for rec, tid in zip(records, np.asarray(track_ids).tolist()):
             rec["track_id"] = int(tid)
-    return {"frame": int(index), "time_s": round(float(time_s), 6), "detections": records}
+    record = {"frame": int(index), "time_s": round(float(time_s), 6), "detections": records}
+    if detections.mask is not None:
+        from ..masks import pixel_counts
+
+        record["pixels"] = pixel_counts(detections.mask, list(seg_class_names or []))
+    return record
 
 
 __all__ = ["JsonLinesWriter", "VideoWriter", "frame_record", "video_codec"]
