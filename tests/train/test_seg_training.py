@@ -195,6 +195,15 @@ def test_task_errors(seg_data, tmp_path, capsys):
     rc = main(["train", "--task", "segment", "--model", "d0_seg", "--train-annotations",
                str(seg_data["root"] / "SegmentationClass"), "--epochs", "1", "--out", str(tmp_path / "y"), *COMMON])
     assert rc == 2 and "a mask folder needs the images folder" in capsys.readouterr().err
+    # masks named after no image in the folder: a one-line error, not a run (or a score) on nothing
+    other = tmp_path / "other_images"
+    other.mkdir()
+    Image.new("RGB", (40, 30)).save(other / "unrelated.jpg")
+    masks = str(seg_data["root"] / "SegmentationClass")
+    rc = main(["train", "--task", "segment", "--model", "d0_seg", "--train-images", str(other), "--train-annotations",
+               masks, "--epochs", "1", "--out", str(tmp_path / "z"), *COMMON])
+    err = capsys.readouterr().err
+    assert rc == 2 and "SegmentationClass: no usable image (" in err and f"check that {other} is the folder" in err
 
 
 def test_voc_root_without_image_folders_and_eval_task_from_the_weights(seg_data, seg_run, tmp_path):
