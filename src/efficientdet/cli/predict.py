@@ -255,7 +255,7 @@ def video_outputs(out: str | None, videos: list[str]) -> list[str | Path | None]
     """Where each video source's annotated video goes: ``--out`` as given (a folder: ``<stem>.mp4`` in it),
     except that video files with one stem in different folders go to their path below the folder they
     share (``OUT/a/clip.mp4``, ``OUT/b/clip.mp4``) instead of overwriting each other."""
-    from ..video.predict import VIDEO_SUFFIXES
+    from ..video.sources import VIDEO_SUFFIXES
 
     if out is None:
         return [None] * len(videos)

@@ -44,6 +44,18 @@ def _record(value: Any, src: str, key: str, index: int) -> dict:
     return value
 
 
+def coco_rle(seg: Any, height: int, width: int) -> Any:
+    """A COCO ``segmentation`` (polygons, uncompressed or compressed RLE) as one pycocotools RLE of an
+    ``height`` x ``width`` image."""
+    from pycocotools import mask as mask_utils
+
+    if isinstance(seg, list):  # polygons
+        return mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+    if isinstance(seg.get("counts"), list):  # uncompressed RLE
+        return mask_utils.frPyObjects(seg, height, width)
+    return seg
+
+
 def _bbox_of_segmentation(seg: Any) -> list[float] | None:
     """[x, y, w, h] around COCO polygons or an RLE (pycocotools), or None when there is nothing usable."""
     if isinstance(seg, list):  # polygons [[x1, y1, x2, y2, ...], ...]
@@ -58,10 +70,7 @@ def _bbox_of_segmentation(seg: Any) -> list[float] | None:
             from pycocotools import mask as mask_utils
 
             h, w = (int(v) for v in seg["size"])
-            rle = mask_utils.frPyObjects(seg, h, w) if isinstance(seg["counts"], list) else seg
-            if isinstance(rle.get("counts"), str):
-                rle = dict(rle, counts=rle["counts"].encode("ascii"))
-            box = [float(v) for v in mask_utils.toBbox(rle)]
+            box = [float(v) for v in mask_utils.toBbox(coco_rle(seg, h, w))]
         except Exception:  # malformed RLE: nothing usable
             return None
         return box if box[2] > 0 and box[3] > 0 else None

@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
+from .coco import coco_rle
 from .common import check_dir, check_image, find_image, list_images
 from .dataset import DetectionDataset
 from .records import DetectionData, LoadReport, Sample
@@ -173,14 +174,7 @@ def rasterize_coco(objects: list[tuple[int, Any, bool, float]], height: int, wid
     out = np.zeros((height, width), np.uint8)
     order = sorted(objects, key=lambda o: (not o[2], -o[3]))  # crowd first, then large to small
     for cls, seg, crowd, _ in order:
-        if isinstance(seg, list):  # polygons
-            rles = mask_utils.frPyObjects(seg, height, width)
-            rle = mask_utils.merge(rles)
-        elif isinstance(seg.get("counts"), list):  # uncompressed RLE
-            rle = mask_utils.frPyObjects(seg, height, width)
-        else:
-            rle = seg
-        m = mask_utils.decode(rle).astype(bool)
+        m = mask_utils.decode(coco_rle(seg, height, width)).astype(bool)
         out[m] = IGNORE_INDEX if crowd else cls
     return out
 

@@ -218,8 +218,13 @@ def _norm_path(name: str) -> str:
 
 
 def read_results(path: str | os.PathLike) -> Any:
-    """The records of a results file (JSON or JSON Lines), unchecked; one-line DataErrors."""
-    return _read_json(Path(path), "predictions", "pass a COCO results JSON file (a list of detections)")
+    """The records of a results file (JSON or JSON Lines), unchecked; one-line DataErrors. The
+    ``{"detections": [...], "segmentation": [...]}`` that ``predict --json`` writes for a joint model
+    gives its detections."""
+    data = _read_json(Path(path), "predictions", "pass a COCO results JSON file (a list of detections)")
+    if isinstance(data, dict) and isinstance(data.get("detections"), list) and "segmentation" in data:
+        return data["detections"]
+    return data
 
 
 def load_predictions(
@@ -249,8 +254,6 @@ def load_predictions(
             f"{source}: this is a ground-truth annotation file, not detections; "
             "pass a COCO results file (a JSON list of detections)"
         )
-    if isinstance(data, dict) and isinstance(data.get("detections"), list) and "segmentation" in data:
-        data = data["detections"]  # ``predict --json`` with a joint model: boxes next to the mask counts
     if not isinstance(data, list):
         raise DataError(
             f"{source}: expected a JSON list of detections, got {type(data).__name__}; "
